@@ -1,0 +1,212 @@
+//! Decisions that span several aggregates: booking and rescheduling read the
+//! practitioner, the service and the schedule, and write the appointment and
+//! the calendar day(s) together.
+use chrono::{DateTime, Duration, Utc};
+
+use crate::aggregate::Aggregate;
+use crate::appointment::{Appointment, AppointmentEvent};
+use crate::calendar::{calendar_stream, CalendarDay, CalendarEvent, Hold};
+use crate::error::{DomainError, DomainResult};
+use crate::practitioner::Practitioner;
+use crate::schedule::Schedule;
+use crate::service::{DefinedService, Service};
+use crate::values::{PatientRef, Reason};
+use crate::{AppointmentId, PractitionerId, ServiceId};
+
+/// What a booking needs to know, loaded by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct BookingContext<'a> {
+    pub practitioner: &'a Practitioner,
+    pub service: &'a Service,
+    pub schedule: &'a Schedule,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookAppointment {
+    pub appointment_id: AppointmentId,
+    pub practitioner_id: PractitionerId,
+    pub service_id: ServiceId,
+    pub start: DateTime<Utc>,
+    pub patient: PatientRef,
+    pub note: Option<Reason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RescheduleAppointment {
+    pub appointment_id: AppointmentId,
+    /// `None` keeps the current practitioner.
+    pub practitioner_id: Option<PractitionerId>,
+    pub start: DateTime<Utc>,
+    pub reason: Option<Reason>,
+}
+
+/// Events to append, per stream, all in one atomic write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub calendar: Vec<(String, Vec<CalendarEvent>)>,
+    pub appointment: AppointmentEvent,
+}
+
+/// Checks every rule that does not depend on other bookings and returns the
+/// time the appointment would hold.
+fn bookable_hold(
+    ctx: &BookingContext<'_>,
+    practitioner_id: PractitionerId,
+    service_id: ServiceId,
+    start: DateTime<Utc>,
+) -> DomainResult<Hold> {
+    let practitioner = ctx.practitioner.get(practitioner_id)?;
+    if !practitioner.active {
+        return Err(DomainError::PractitionerInactive(practitioner_id));
+    }
+    let DefinedService {
+        details, active, ..
+    } = ctx.service.get(service_id)?;
+    if !active {
+        return Err(DomainError::ServiceInactive(service_id));
+    }
+    if !details.practitioners.contains(&practitioner_id) {
+        return Err(DomainError::ServiceNotOffered {
+            service: service_id,
+            practitioner: practitioner_id,
+        });
+    }
+    if start <= ctx.now {
+        return Err(DomainError::InThePast { start });
+    }
+    let earliest = ctx.now + details.min_notice.duration();
+    if start < earliest {
+        return Err(DomainError::InsideMinimumNotice { start, earliest });
+    }
+    let latest = ctx.now + Duration::days(i64::from(details.max_advance_days));
+    if start > latest {
+        return Err(DomainError::BeyondBookingWindow { start, latest });
+    }
+    if !ctx.schedule.offers(start, details.duration) {
+        return Err(DomainError::OutsideAvailability { start });
+    }
+    Ok(Hold {
+        service_id,
+        start,
+        end: start + details.duration.duration(),
+        buffer_before: details.buffer_before,
+        buffer_after: details.buffer_after,
+        capacity: details.capacity,
+    })
+}
+
+/// The calendar stream a booking at `start` with `practitioner` goes to.
+pub fn calendar_for(
+    schedule: &Schedule,
+    practitioner: PractitionerId,
+    start: DateTime<Utc>,
+) -> String {
+    calendar_stream(practitioner, schedule.local_date(start))
+}
+
+pub fn book(
+    ctx: &BookingContext<'_>,
+    existing: &Appointment,
+    calendar: &CalendarDay,
+    cmd: BookAppointment,
+) -> DomainResult<Decision> {
+    if existing.booked.is_some() {
+        return Err(DomainError::AppointmentAlreadyExists(cmd.appointment_id));
+    }
+    let hold = bookable_hold(ctx, cmd.practitioner_id, cmd.service_id, cmd.start)?;
+    let day = ctx.schedule.local_date(cmd.start);
+    let end = hold.end;
+    let held = calendar.hold(cmd.practitioner_id, cmd.appointment_id, hold)?;
+    Ok(Decision {
+        calendar: vec![(calendar_stream(cmd.practitioner_id, day), vec![held])],
+        appointment: AppointmentEvent::AppointmentBooked {
+            appointment_id: cmd.appointment_id,
+            practitioner_id: cmd.practitioner_id,
+            service_id: cmd.service_id,
+            start: cmd.start,
+            end,
+            calendar_day: day,
+            patient: cmd.patient,
+            note: cmd.note,
+        },
+    })
+}
+
+/// Moves an appointment. `old_calendar` is the day it holds now; `new_calendar`
+/// the target day, or `None` when that is the same stream.
+pub fn reschedule(
+    ctx: &BookingContext<'_>,
+    appointment: &Appointment,
+    old_calendar: &CalendarDay,
+    new_calendar: Option<&CalendarDay>,
+    cmd: RescheduleAppointment,
+) -> DomainResult<Decision> {
+    let current = appointment.ensure_reschedulable(cmd.appointment_id)?;
+    let practitioner_id = cmd.practitioner_id.unwrap_or(current.practitioner_id);
+    if practitioner_id == current.practitioner_id && cmd.start == current.start {
+        return Err(DomainError::SameTime { start: cmd.start });
+    }
+    let hold = bookable_hold(ctx, practitioner_id, current.service_id, cmd.start)?;
+    let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
+    let new_day = ctx.schedule.local_date(cmd.start);
+    let new_stream = calendar_stream(practitioner_id, new_day);
+    let end = hold.end;
+    let released = old_calendar.release(current.practitioner_id, cmd.appointment_id);
+    let calendar = match new_calendar {
+        None if new_stream == old_stream => {
+            let held = old_calendar.hold(practitioner_id, cmd.appointment_id, hold)?;
+            vec![(old_stream, released.into_iter().chain([held]).collect())]
+        }
+        None => {
+            return Err(DomainError::invalid(
+                "start",
+                "the target day's calendar was not loaded",
+            ))
+        }
+        Some(target) => {
+            // A different stream: the appointment's old hold is not in it.
+            let held = target.hold(practitioner_id, cmd.appointment_id, hold)?;
+            vec![
+                (old_stream, released.into_iter().collect()),
+                (new_stream, vec![held]),
+            ]
+        }
+    };
+    Ok(Decision {
+        calendar,
+        appointment: AppointmentEvent::AppointmentRescheduled {
+            appointment_id: cmd.appointment_id,
+            previous_practitioner_id: current.practitioner_id,
+            previous_start: current.start,
+            practitioner_id,
+            start: cmd.start,
+            end,
+            calendar_day: new_day,
+            reason: cmd.reason,
+        },
+    })
+}
+
+/// A cancellation also frees the calendar time.
+pub fn cancel(
+    appointment: &Appointment,
+    calendar: &CalendarDay,
+    id: AppointmentId,
+    reason: Reason,
+    cancelled_by: crate::appointment::CancelledBy,
+) -> DomainResult<Decision> {
+    let event = appointment.cancel(id, reason, cancelled_by)?;
+    let current = appointment.get(id)?;
+    let stream = calendar_stream(current.practitioner_id, current.calendar_day);
+    let released = calendar.release(current.practitioner_id, id);
+    Ok(Decision {
+        calendar: vec![(stream, released.into_iter().collect())],
+        appointment: event,
+    })
+}
+
+/// Stream id of an aggregate instance: `{type}-{key}`.
+pub fn stream_id<A: Aggregate>(key: impl std::fmt::Display) -> String {
+    format!("{}-{key}", A::STREAM_TYPE)
+}

@@ -293,3 +293,28 @@ pub trait Directory: Send + Sync + 'static {
 /// A store is both.
 pub trait Store: EventStore + Directory {}
 impl<T: EventStore + Directory> Store for T {}
+
+/// Which backend the configuration selects, opened and migrated.
+pub async fn open(config: &crate::config::Config) -> StoreResult<std::sync::Arc<dyn Store>> {
+    match &config.database_url {
+        Some(url) => {
+            tracing::info!(database = %url, "using PostgreSQL");
+            let store = postgres::PostgresStore::connect(url.expose(), config.pool_size).await?;
+            store.migrate().await?;
+            Ok(std::sync::Arc::new(store))
+        }
+        None => {
+            let path = config.data_dir.join("buktor.db");
+            tracing::info!(path = %path.display(), "using the embedded store");
+            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+                .await
+                .map_err(StoreError::backend)??;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}
+
+/// Whether the configuration selects the embedded store.
+pub fn is_embedded(config: &crate::config::Config) -> bool {
+    config.database_url.is_none()
+}

@@ -1,0 +1,485 @@
+//! Every write the server offers. Each struct is what a client sends (already
+//! parsed into domain values); `decide` loads what the rule needs and returns
+//! the events.
+use buktor_domain::appointment::{Appointment, CancelledBy};
+use buktor_domain::booking::{self, stream_id, BookAppointment, BookingContext, RescheduleAppointment};
+use buktor_domain::calendar::calendar_stream;
+use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
+use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
+use buktor_domain::service::{Service, ServiceDetails};
+use buktor_domain::values::{PatientRef, Reason};
+use buktor_domain::{AppointmentId, PractitionerId, Role, ServiceId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{AppResult, CommandContext, CommandOutcome, Decided, Pending, Scheduler};
+
+fn configures(role: Role) -> bool {
+    role.can_configure()
+}
+
+fn books(role: Role) -> bool {
+    role.can_write_appointments()
+}
+
+macro_rules! command {
+    ($ty:ident, $name:literal, $allowed:path, $method:ident) => {
+        impl super::Command for $ty {
+            const NAME: &'static str = $name;
+            fn allowed(role: Role) -> bool {
+                $allowed(role)
+            }
+            async fn decide(
+                &self,
+                s: &Scheduler,
+                ctx: &CommandContext,
+                new_id: Uuid,
+            ) -> AppResult<Decided> {
+                self.decide_with(s, ctx, new_id).await
+            }
+        }
+
+        impl Scheduler {
+            pub async fn $method(
+                &self,
+                ctx: &CommandContext,
+                command: &$ty,
+            ) -> AppResult<CommandOutcome> {
+                self.run(ctx, command).await
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterPractitioner {
+    pub id: Option<PractitionerId>,
+    pub details: PractitionerDetails,
+}
+command!(RegisterPractitioner, "registerPractitioner", configures, register_practitioner);
+
+impl RegisterPractitioner {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
+        let id = self.id.unwrap_or(PractitionerId::from_uuid(new_id));
+        let stream = stream_id::<Practitioner>(id);
+        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
+        let events = current.state.register(id, self.details.clone())?;
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdatePractitioner {
+    pub id: PractitionerId,
+    pub details: PractitionerDetails,
+}
+command!(UpdatePractitioner, "updatePractitioner", configures, update_practitioner);
+
+impl UpdatePractitioner {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = stream_id::<Practitioner>(self.id);
+        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
+        let events = current.state.update(self.id, self.details.clone())?;
+        Ok(Decided {
+            id: self.id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetPractitionerActive {
+    pub id: PractitionerId,
+    pub active: bool,
+}
+command!(SetPractitionerActive, "setPractitionerActive", configures, set_practitioner_active);
+
+impl SetPractitionerActive {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = stream_id::<Practitioner>(self.id);
+        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
+        let events = current.state.set_active(self.id, self.active)?;
+        Ok(Decided {
+            id: self.id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DefineService {
+    pub id: Option<ServiceId>,
+    pub details: ServiceDetails,
+}
+command!(DefineService, "defineService", configures, define_service);
+
+impl DefineService {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
+        let id = self.id.unwrap_or(ServiceId::from_uuid(new_id));
+        s.ensure_practitioners_exist(ctx, &self.details).await?;
+        let stream = stream_id::<Service>(id);
+        let current = s.load(ctx.tenant, &s.services, &stream).await?;
+        let events = current.state.define(id, self.details.clone())?;
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateService {
+    pub id: ServiceId,
+    pub details: ServiceDetails,
+}
+command!(UpdateService, "updateService", configures, update_service);
+
+impl UpdateService {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        s.ensure_practitioners_exist(ctx, &self.details).await?;
+        let stream = stream_id::<Service>(self.id);
+        let current = s.load(ctx.tenant, &s.services, &stream).await?;
+        let events = current.state.update(self.id, self.details.clone())?;
+        Ok(Decided {
+            id: self.id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetServiceActive {
+    pub id: ServiceId,
+    pub active: bool,
+}
+command!(SetServiceActive, "setServiceActive", configures, set_service_active);
+
+impl SetServiceActive {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = stream_id::<Service>(self.id);
+        let current = s.load(ctx.tenant, &s.services, &stream).await?;
+        let events = current.state.set_active(self.id, self.active)?;
+        Ok(Decided {
+            id: self.id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetWeeklyRules {
+    pub practitioner_id: PractitionerId,
+    pub rules: Vec<WeeklyRule>,
+}
+command!(SetWeeklyRules, "setWeeklyRules", configures, set_weekly_rules);
+
+impl SetWeeklyRules {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
+        let events = current
+            .state
+            .set_weekly_rules(self.practitioner_id, ctx.time_zone, self.rules.clone())?;
+        Ok(Decided {
+            id: self.practitioner_id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AddScheduleException {
+    pub practitioner_id: PractitionerId,
+    pub exception: ScheduleException,
+}
+command!(AddScheduleException, "addScheduleException", configures, add_schedule_exception);
+
+impl AddScheduleException {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
+        let events = current
+            .state
+            .add_exception(self.practitioner_id, self.exception.clone())?;
+        Ok(Decided {
+            id: self.exception.id,
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveScheduleException {
+    pub practitioner_id: PractitionerId,
+    pub exception_id: Uuid,
+}
+command!(RemoveScheduleException, "removeScheduleException", configures, remove_schedule_exception);
+
+impl RemoveScheduleException {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
+        let events = current
+            .state
+            .remove_exception(self.practitioner_id, self.exception_id)?;
+        Ok(Decided {
+            id: self.exception_id,
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Book {
+    pub appointment_id: Option<AppointmentId>,
+    pub practitioner_id: PractitionerId,
+    pub service_id: ServiceId,
+    pub start: DateTime<Utc>,
+    pub patient: PatientRef,
+    pub note: Option<Reason>,
+}
+command!(Book, "bookAppointment", books, book);
+
+impl Book {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
+        let id = self.appointment_id.unwrap_or(AppointmentId::from_uuid(new_id));
+        let day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let (practitioner, service, schedule, calendar) = s
+            .load4(
+                ctx.tenant,
+                (&s.practitioners, stream_id::<Practitioner>(self.practitioner_id)),
+                (&s.services, stream_id::<Service>(self.service_id)),
+                (&s.schedules, stream_id::<Schedule>(self.practitioner_id)),
+                (&s.calendars, calendar_stream(self.practitioner_id, day)),
+            )
+            .await?;
+        let ctx_b = BookingContext {
+            practitioner: &practitioner.state,
+            service: &service.state,
+            schedule: &schedule.state,
+            now: s.now(),
+        };
+        // A new appointment stream must not exist: expected version 0 makes the
+        // store refuse a second booking under the same id, even from another instance.
+        let appointment = if self.appointment_id.is_some() {
+            s.load(ctx.tenant, &s.appointments, &stream_id::<Appointment>(id)).await?
+        } else {
+            Default::default()
+        };
+        let decision = booking::book(
+            &ctx_b,
+            &appointment.state,
+            &calendar.state,
+            BookAppointment {
+                appointment_id: id,
+                practitioner_id: self.practitioner_id,
+                service_id: self.service_id,
+                start: self.start,
+                patient: self.patient.clone(),
+                note: self.note.clone(),
+            },
+        )?;
+        let calendar_id = calendar_stream(self.practitioner_id, day);
+        let mut streams = Vec::new();
+        for (stream, events) in decision.calendar {
+            if stream != calendar_id {
+                return Err(super::AppError::Corrupt(format!(
+                    "schedule time zone differs from the hospital's: {stream} is not {calendar_id}"
+                )));
+            }
+            streams.push(Pending::new(ctx.tenant, stream, calendar.clone(), events, |s| &s.calendars));
+        }
+        streams.push(Pending::new(
+            ctx.tenant,
+            stream_id::<Appointment>(id),
+            appointment,
+            vec![decision.appointment],
+            |s| &s.appointments,
+        ));
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reschedule {
+    pub appointment_id: AppointmentId,
+    pub practitioner_id: Option<PractitionerId>,
+    pub start: DateTime<Utc>,
+    pub reason: Option<Reason>,
+}
+command!(Reschedule, "rescheduleAppointment", books, reschedule);
+
+impl Reschedule {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let id = self.appointment_id;
+        let appointment_stream = stream_id::<Appointment>(id);
+        let appointment = s.load(ctx.tenant, &s.appointments, &appointment_stream).await?;
+        let current = appointment.state.ensure_reschedulable(id)?;
+        let practitioner_id = self.practitioner_id.unwrap_or(current.practitioner_id);
+        let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
+        let new_day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let new_stream = calendar_stream(practitioner_id, new_day);
+        let (practitioner, service, schedule, old_calendar) = s
+            .load4(
+                ctx.tenant,
+                (&s.practitioners, stream_id::<Practitioner>(practitioner_id)),
+                (&s.services, stream_id::<Service>(current.service_id)),
+                (&s.schedules, stream_id::<Schedule>(practitioner_id)),
+                (&s.calendars, old_stream.clone()),
+            )
+            .await?;
+        let new_calendar = if new_stream == old_stream {
+            None
+        } else {
+            Some(s.load(ctx.tenant, &s.calendars, &new_stream).await?)
+        };
+        let ctx_b = BookingContext {
+            practitioner: &practitioner.state,
+            service: &service.state,
+            schedule: &schedule.state,
+            now: s.now(),
+        };
+        let decision = booking::reschedule(
+            &ctx_b,
+            &appointment.state,
+            &old_calendar.state,
+            new_calendar.as_ref().map(|c| &c.state),
+            RescheduleAppointment {
+                appointment_id: id,
+                practitioner_id: self.practitioner_id,
+                start: self.start,
+                reason: self.reason.clone(),
+            },
+        )?;
+        let mut streams = Vec::new();
+        for (stream, events) in decision.calendar {
+            let base = if stream == old_stream {
+                old_calendar.clone()
+            } else {
+                new_calendar.clone().unwrap_or_default()
+            };
+            streams.push(Pending::new(ctx.tenant, stream, base, events, |s| &s.calendars));
+        }
+        streams.push(Pending::new(
+            ctx.tenant,
+            appointment_stream,
+            appointment,
+            vec![decision.appointment],
+            |s| &s.appointments,
+        ));
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cancel {
+    pub appointment_id: AppointmentId,
+    pub reason: Reason,
+    pub cancelled_by: CancelledBy,
+}
+command!(Cancel, "cancelAppointment", books, cancel);
+
+impl Cancel {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let id = self.appointment_id;
+        let appointment_stream = stream_id::<Appointment>(id);
+        let appointment = s.load(ctx.tenant, &s.appointments, &appointment_stream).await?;
+        let current = appointment.state.get(id)?;
+        let calendar_id = calendar_stream(current.practitioner_id, current.calendar_day);
+        let calendar = s.load(ctx.tenant, &s.calendars, &calendar_id).await?;
+        let decision = booking::cancel(
+            &appointment.state,
+            &calendar.state,
+            id,
+            self.reason.clone(),
+            self.cancelled_by,
+        )?;
+        let mut streams = Vec::new();
+        for (stream, events) in decision.calendar {
+            streams.push(Pending::new(ctx.tenant, stream, calendar.clone(), events, |s| &s.calendars));
+        }
+        streams.push(Pending::new(
+            ctx.tenant,
+            appointment_stream,
+            appointment,
+            vec![decision.appointment],
+            |s| &s.appointments,
+        ));
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams,
+        })
+    }
+}
+
+/// The steps of an appointment's day that touch only the appointment itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Attendance {
+    CheckIn,
+    Complete,
+    NoShow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordAttendance {
+    pub appointment_id: AppointmentId,
+    pub step: Attendance,
+}
+command!(RecordAttendance, "recordAttendance", books, record_attendance);
+
+impl RecordAttendance {
+    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let id = self.appointment_id;
+        let stream = stream_id::<Appointment>(id);
+        let appointment = s.load(ctx.tenant, &s.appointments, &stream).await?;
+        let now = s.now();
+        let event = match self.step {
+            Attendance::CheckIn => appointment.state.check_in(id, now)?,
+            Attendance::Complete => appointment.state.complete(id, now)?,
+            Attendance::NoShow => appointment.state.mark_no_show(id, now)?,
+        };
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, appointment, vec![event], |s| &s.appointments)],
+        })
+    }
+}
+
+impl Scheduler {
+    async fn ensure_practitioners_exist(
+        &self,
+        ctx: &CommandContext,
+        details: &ServiceDetails,
+    ) -> AppResult<()> {
+        for id in &details.practitioners {
+            let p = self
+                .load(ctx.tenant, &self.practitioners, &stream_id::<Practitioner>(*id))
+                .await?;
+            p.state.get(*id)?;
+        }
+        Ok(())
+    }
+
+    /// A schedule belongs to a registered practitioner.
+    async fn schedule_stream_of_existing(
+        &self,
+        ctx: &CommandContext,
+        practitioner_id: PractitionerId,
+    ) -> AppResult<String> {
+        let p = self
+            .load(ctx.tenant, &self.practitioners, &stream_id::<Practitioner>(practitioner_id))
+            .await?;
+        p.state.get(practitioner_id)?;
+        Ok(stream_id::<Schedule>(practitioner_id))
+    }
+}

@@ -1,0 +1,146 @@
+//! API keys: `bk_<key id>_<secret>`. Only a SHA-256 of the secret is stored;
+//! the secret has 256 random bits, so a fast hash is enough (no password
+//! stretching needed) and verification stays cheap on every request.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use buktor_domain::{Role, TenantId};
+use chrono::Utc;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::store::{ApiKeyRecord, Store, StoreError, TenantRecord};
+
+/// How long a verified key is trusted without asking the store again.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant: TenantRecord,
+    pub key_id: Uuid,
+    pub key_name: String,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant.id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no API key: send `Authorization: Bearer <key>`")]
+    Missing,
+    #[error("the API key is not valid")]
+    Invalid,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A newly made key: the record to store and the token to hand over once.
+pub struct NewApiKey {
+    pub record: ApiKeyRecord,
+    pub token: String,
+}
+
+pub fn generate_api_key(tenant: TenantId, role: Role, name: &str) -> NewApiKey {
+    let id = Uuid::new_v4();
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
+    NewApiKey {
+        record: ApiKeyRecord {
+            id,
+            tenant,
+            name: name.to_owned(),
+            role,
+            secret_hash: hash_secret(&secret),
+            created_at: Utc::now(),
+            revoked_at: None,
+        },
+        token: format!("bk_{}_{secret}", id.simple()),
+    }
+}
+
+fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn parse_token(token: &str) -> Option<(Uuid, &str)> {
+    let rest = token.strip_prefix("bk_")?;
+    let (id, secret) = rest.split_once('_')?;
+    if secret.len() != 64 {
+        return None;
+    }
+    Some((Uuid::try_parse(id).ok()?, secret))
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    cache: Mutex<HashMap<Uuid, (ApiKeyRecord, TenantRecord, Instant)>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Authenticator {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let (id, secret) = parse_token(token.trim()).ok_or(AuthError::Invalid)?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|(_, _, at)| at.elapsed() < KEY_CACHE_TTL)
+            .cloned();
+        let (key, tenant) = match cached {
+            Some((key, tenant, _)) => (key, tenant),
+            None => {
+                let key = self.store.api_key(id).await?.ok_or(AuthError::Invalid)?;
+                let tenant = self.store.tenant(key.tenant).await?.ok_or(AuthError::Invalid)?;
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() > 100_000 {
+                    cache.clear();
+                }
+                cache.insert(id, (key.clone(), tenant.clone(), Instant::now()));
+                (key, tenant)
+            }
+        };
+        let matches: bool = hash_secret(secret).ct_eq(&key.secret_hash).into();
+        if !matches || key.revoked_at.is_some() {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Principal {
+            tenant,
+            key_id: key.id,
+            key_name: key.name,
+            role: key.role,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_hash() {
+        let k = generate_api_key(TenantId::new(), Role::Staff, "front desk");
+        let (id, secret) = parse_token(&k.token).unwrap();
+        assert_eq!(id, k.record.id);
+        assert_eq!(hash_secret(secret), k.record.secret_hash);
+        assert!(!k.record.secret_hash.is_empty());
+        assert!(parse_token("bk_nothex_abc").is_none());
+        assert!(parse_token(&k.token[..k.token.len() - 1]).is_none());
+        assert!(parse_token("Bearer x").is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! One typed configuration: built-in defaults < a TOML file < `BUKTOR_*`
+//! environment variables (nested keys with `__`, e.g. `BUKTOR_RATE_LIMIT__REQUESTS`).
+//! `DATABASE_URL` is honoured too, as most deployment tools set it.
+//! Invalid configuration fails at start, naming the key.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// `postgres://…` selects PostgreSQL; unset uses the embedded store in `data_dir`.
+    pub database_url: Option<Secret>,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    /// PostgreSQL connections per server instance.
+    pub pool_size: usize,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests get to finish on SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    pub rate_limit: RateLimit,
+    pub log: Log,
+    /// Shifts the server's clock by this many seconds. For drills and tests
+    /// that need "later today" now; a warning is logged when it is not 0.
+    pub clock_offset_secs: i64,
+}
+
+/// Requests per API key per window. A client that exceeds it waits at most
+/// until the window ends: there is no lock-out beyond that.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info,buktor=debug`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            pool_size: 32,
+            workers: 0,
+            max_body_bytes: 256 * 1024,
+            shutdown_timeout_secs: 30,
+            rate_limit: RateLimit {
+                requests: 1200,
+                window_secs: 60,
+            },
+            log: Log {
+                format: LogFormat::Pretty,
+                filter: "info".into(),
+            },
+            clock_offset_secs: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given (it must exist) or `buktor.toml` if
+    /// present, then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        figment = match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Rule(format!(
+                        "configuration file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment.merge(Toml::file(path))
+            }
+            None => figment.merge(Toml::file("buktor.toml")),
+        };
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(Serialized::default("database_url", url));
+        }
+        figment = figment.merge(Env::prefixed("BUKTOR_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(ConfigError::Rule(
+                    "database_url must be a postgres:// URL (leave it unset for the embedded store)"
+                        .into(),
+                ));
+            }
+        }
+        if self.pool_size == 0 {
+            return Err(ConfigError::Rule("pool_size must be at least 1".into()));
+        }
+        if self.rate_limit.requests == 0 || self.rate_limit.window_secs == 0 {
+            return Err(ConfigError::Rule(
+                "rate_limit.requests and rate_limit.window_secs must be at least 1".into(),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Rule("max_body_bytes must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// A secret: readable through `expose`, never through `Debug`, `Display` or
+/// serialization, which show it with credentials masked.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// For URLs, keeps scheme, user and host and masks the password; else masks all.
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => {
+                let (auth, host) = match rest.rsplit_once('@') {
+                    Some((auth, host)) => (Some(auth), host),
+                    None => (None, rest),
+                };
+                let user = auth.map(|a| a.split(':').next().unwrap_or(""));
+                // Drop query parameters: they may carry passwords too.
+                let host = host.split('?').next().unwrap_or(host);
+                match user {
+                    Some(user) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{scheme}://{host}"),
+                }
+            }
+            None => "***".into(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("postgres://buktor:hunter2@db:5432/buktor?password=x");
+        assert_eq!(format!("{s:?}"), "postgres://buktor:***@db:5432/buktor");
+        assert!(!format!("{s}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+        assert_eq!(Secret::new("plain").redacted(), "***");
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("b.toml", "listen = \"127.0.0.1:9000\"\npool_size = 4\n[rate_limit]\nrequests = 10\nwindow_secs = 1\n")?;
+            jail.set_env("BUKTOR_POOL_SIZE", "7");
+            jail.set_env("BUKTOR_RATE_LIMIT__REQUESTS", "99");
+            let c = Config::load(Some(std::path::Path::new("b.toml"))).unwrap();
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.pool_size, 7);
+            assert_eq!(c.rate_limit.requests, 99);
+            assert_eq!(c.rate_limit.window_secs, 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_fail_with_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BUKTOR_POOL_SIZE", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("pool_size"), "{err}");
+            jail.set_env("BUKTOR_POOL_SIZE", "1");
+            jail.set_env("DATABASE_URL", "mysql://x");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("postgres://"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,417 @@
+//! The GraphQL API at `/graphql`: every command as a mutation, and the
+//! queries needed to see their results.
+//!
+//! Errors: every error carries `extensions.code`. Domain refusals keep their
+//! stable domain code; failures inside the server say `INTERNAL` and show no
+//! detail (the cause is logged with the request id).
+mod inputs;
+mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, EmptySubscription, Error, ErrorExtensions, Object, Result, Schema, ID,
+};
+use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
+use chrono::NaiveDate;
+use uuid::Uuid;
+
+use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, RecordAttendance, Scheduler};
+use crate::auth::Principal;
+use inputs::*;
+use types::*;
+
+pub type BuktorSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// What each request carries into resolvers, besides the principal.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub remote_addr: Option<String>,
+    pub request_id: Uuid,
+    pub source: Option<Source>,
+}
+
+pub fn schema(scheduler: Arc<Scheduler>) -> BuktorSchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .data(scheduler)
+        .limit_depth(12)
+        .limit_complexity(2_000)
+        .limit_recursive_depth(32)
+        .finish()
+}
+
+/// The GraphQL error for an application error, logged once here.
+pub(crate) fn app_error(e: AppError) -> Error {
+    let code = e.code();
+    match &e {
+        AppError::Store(_) | AppError::Corrupt(_) => {
+            tracing::error!(error = ?e, "request failed inside the server");
+            Error::new("internal error").extend_with(|_, ext| ext.set("code", code))
+        }
+        AppError::Domain(buktor_domain::DomainError::InvalidInput { field, .. }) => {
+            let field = *field;
+            Error::new(e.to_string()).extend_with(|_, ext| {
+                ext.set("code", code);
+                ext.set("field", field);
+            })
+        }
+        _ => Error::new(e.to_string()).extend_with(|_, ext| ext.set("code", code)),
+    }
+}
+
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    app_error(AppError::Domain(buktor_domain::DomainError::invalid(field, message)))
+}
+
+fn principal<'a>(ctx: &Context<'a>) -> &'a Principal {
+    ctx.data_unchecked::<Principal>()
+}
+
+fn scheduler<'a>(ctx: &Context<'a>) -> &'a Arc<Scheduler> {
+    ctx.data_unchecked::<Arc<Scheduler>>()
+}
+
+fn parse_id<T: std::str::FromStr>(field: &'static str, id: &ID) -> Result<T> {
+    id.parse::<T>()
+        .map_err(|_| invalid(field, format!("{:?} is not a valid id", id.as_str())))
+}
+
+fn command_context(ctx: &Context<'_>, idempotency_key: Option<String>) -> Result<CommandContext> {
+    let p = principal(ctx);
+    let info = ctx.data_unchecked::<RequestInfo>();
+    if let Some(key) = &idempotency_key {
+        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+            return Err(invalid(
+                "idempotencyKey",
+                "must be 1 to 200 characters without control characters",
+            ));
+        }
+    }
+    Ok(CommandContext {
+        tenant: p.tenant.id,
+        time_zone: p.tenant.time_zone,
+        actor: Actor {
+            id: format!("api-key:{}", p.key_id),
+            role: p.role,
+        },
+        source: info.source.unwrap_or(match p.role {
+            buktor_domain::Role::HisSystem => Source::HisApi,
+            _ => Source::Admin,
+        }),
+        remote_addr: info.remote_addr.clone(),
+        correlation_id: info.request_id,
+        idempotency_key,
+    })
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The caller: its hospital and role.
+    async fn me(&self, ctx: &Context<'_>) -> Me {
+        Me(principal(ctx).clone())
+    }
+
+    async fn practitioner(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Practitioner>> {
+        let id: PractitionerId = parse_id("id", &id)?;
+        let p = scheduler(ctx)
+            .practitioner(principal(ctx).tenant_id(), id)
+            .await
+            .map_err(app_error)?;
+        Ok(p.map(Practitioner))
+    }
+
+    async fn practitioners(&self, ctx: &Context<'_>) -> Result<Vec<Practitioner>> {
+        let list = scheduler(ctx)
+            .practitioners(principal(ctx).tenant_id())
+            .await
+            .map_err(app_error)?;
+        Ok(list.into_iter().map(Practitioner).collect())
+    }
+
+    async fn service(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Service>> {
+        let id: ServiceId = parse_id("id", &id)?;
+        let s = scheduler(ctx)
+            .service(principal(ctx).tenant_id(), id)
+            .await
+            .map_err(app_error)?;
+        Ok(s.map(Service))
+    }
+
+    async fn services(&self, ctx: &Context<'_>) -> Result<Vec<Service>> {
+        let list = scheduler(ctx)
+            .services(principal(ctx).tenant_id())
+            .await
+            .map_err(app_error)?;
+        Ok(list.into_iter().map(Service).collect())
+    }
+
+    /// A practitioner's weekly rules and exceptions; null for an unknown practitioner.
+    async fn schedule(&self, ctx: &Context<'_>, practitioner_id: ID) -> Result<Option<Schedule>> {
+        let id: PractitionerId = parse_id("practitionerId", &practitioner_id)?;
+        let s = scheduler(ctx);
+        let tenant = principal(ctx).tenant_id();
+        if s.practitioner(tenant, id).await.map_err(app_error)?.is_none() {
+            return Ok(None);
+        }
+        let schedule = s.schedule(tenant, id).await.map_err(app_error)?;
+        Ok(Some(Schedule {
+            practitioner_id: id,
+            schedule,
+        }))
+    }
+
+    async fn appointment(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Appointment>> {
+        let id: AppointmentId = parse_id("id", &id)?;
+        let a = scheduler(ctx)
+            .appointment(principal(ctx).tenant_id(), id)
+            .await
+            .map_err(app_error)?;
+        Ok(a.map(Appointment))
+    }
+
+    /// Bookable slots of a practitioner for a service on the hospital-local dates `from..=to`.
+    async fn available_slots(
+        &self,
+        ctx: &Context<'_>,
+        practitioner_id: ID,
+        service_id: ID,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Slot>> {
+        let practitioner: PractitionerId = parse_id("practitionerId", &practitioner_id)?;
+        let service: ServiceId = parse_id("serviceId", &service_id)?;
+        let slots = scheduler(ctx)
+            .available_slots(principal(ctx).tenant_id(), practitioner, service, from, to)
+            .await
+            .map_err(app_error)?;
+        Ok(slots.into_iter().map(Slot).collect())
+    }
+}
+
+pub struct MutationRoot;
+
+async fn done(
+    fut: impl std::future::Future<Output = crate::app::AppResult<CommandOutcome>>,
+) -> Result<CommandResult> {
+    fut.await.map(CommandResult).map_err(app_error)
+}
+
+#[Object]
+impl MutationRoot {
+    async fn register_practitioner(
+        &self,
+        ctx: &Context<'_>,
+        input: PractitionerInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = input.into_register()?;
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).register_practitioner(&c, &cmd)).await
+    }
+
+    async fn update_practitioner(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: PractitionerInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = input.into_update(parse_id("id", &id)?)?;
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).update_practitioner(&c, &cmd)).await
+    }
+
+    async fn set_practitioner_active(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        active: bool,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::SetPractitionerActive {
+            id: parse_id("id", &id)?,
+            active,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).set_practitioner_active(&c, &cmd)).await
+    }
+
+    async fn define_service(
+        &self,
+        ctx: &Context<'_>,
+        input: ServiceInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = input.into_define()?;
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).define_service(&c, &cmd)).await
+    }
+
+    async fn update_service(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: ServiceInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = input.into_update(parse_id("id", &id)?)?;
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).update_service(&c, &cmd)).await
+    }
+
+    async fn set_service_active(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        active: bool,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::SetServiceActive {
+            id: parse_id("id", &id)?,
+            active,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).set_service_active(&c, &cmd)).await
+    }
+
+    /// Replaces the practitioner's weekly rules. Times are wall-clock in the hospital's time zone.
+    async fn set_weekly_rules(
+        &self,
+        ctx: &Context<'_>,
+        practitioner_id: ID,
+        rules: Vec<WeeklyRuleInput>,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::SetWeeklyRules {
+            practitioner_id: parse_id("practitionerId", &practitioner_id)?,
+            rules: rules
+                .into_iter()
+                .map(WeeklyRuleInput::parse)
+                .collect::<Result<_>>()?,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).set_weekly_rules(&c, &cmd)).await
+    }
+
+    async fn add_schedule_exception(
+        &self,
+        ctx: &Context<'_>,
+        practitioner_id: ID,
+        input: ScheduleExceptionInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::AddScheduleException {
+            practitioner_id: parse_id("practitionerId", &practitioner_id)?,
+            exception: input.parse()?,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).add_schedule_exception(&c, &cmd)).await
+    }
+
+    async fn remove_schedule_exception(
+        &self,
+        ctx: &Context<'_>,
+        practitioner_id: ID,
+        exception_id: ID,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::RemoveScheduleException {
+            practitioner_id: parse_id("practitionerId", &practitioner_id)?,
+            exception_id: parse_id("exceptionId", &exception_id)?,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).remove_schedule_exception(&c, &cmd)).await
+    }
+
+    async fn book_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: BookInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = input.parse()?;
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).book(&c, &cmd)).await
+    }
+
+    async fn reschedule_appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        start: chrono::DateTime<chrono::Utc>,
+        practitioner_id: Option<ID>,
+        reason: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::Reschedule {
+            appointment_id: parse_id("id", &id)?,
+            practitioner_id: practitioner_id
+                .map(|p| parse_id("practitionerId", &p))
+                .transpose()?,
+            start,
+            reason: reason.map(|r| parse_reason("reason", &r)).transpose()?,
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).reschedule(&c, &cmd)).await
+    }
+
+    async fn cancel_appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: String,
+        cancelled_by: CancelledByInput,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        let cmd = crate::app::Cancel {
+            appointment_id: parse_id("id", &id)?,
+            reason: parse_reason("reason", &reason)?,
+            cancelled_by: cancelled_by.into(),
+        };
+        let c = command_context(ctx, idempotency_key)?;
+        done(scheduler(ctx).cancel(&c, &cmd)).await
+    }
+
+    async fn check_in_appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        attendance(ctx, id, Attendance::CheckIn, idempotency_key).await
+    }
+
+    async fn complete_appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        attendance(ctx, id, Attendance::Complete, idempotency_key).await
+    }
+
+    async fn mark_no_show(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult> {
+        attendance(ctx, id, Attendance::NoShow, idempotency_key).await
+    }
+}
+
+async fn attendance(
+    ctx: &Context<'_>,
+    id: ID,
+    step: Attendance,
+    idempotency_key: Option<String>,
+) -> Result<CommandResult> {
+    let cmd = RecordAttendance {
+        appointment_id: parse_id("id", &id)?,
+        step,
+    };
+    let c = command_context(ctx, idempotency_key)?;
+    done(scheduler(ctx).record_attendance(&c, &cmd)).await
+}

@@ -1,0 +1,353 @@
+//! HTTP: routes, authentication, rate limits, request ids, metrics, and the
+//! server's start and graceful stop.
+//!
+//! Errors outside GraphQL are RFC 9457 problem details
+//! (`application/problem+json`) with a stable `code`.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use async_graphql::http::GraphiQLSource;
+use futures::StreamExt;
+use serde_json::json;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::app::{Clock, OffsetClock, Scheduler, SystemClock};
+use crate::auth::{AuthError, Authenticator};
+use crate::config::Config;
+use crate::graphql::{BuktorSchema, RequestInfo};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Quota, RateLimiter};
+use crate::store::Store;
+
+/// Everything a request handler needs, shared by all workers.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Arc<Scheduler>,
+    pub schema: BuktorSchema,
+    pub auth: Authenticator,
+    pub limiter: RateLimiter,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let clock: Arc<dyn Clock> = if config.clock_offset_secs == 0 {
+            Arc::new(SystemClock)
+        } else {
+            tracing::warn!(
+                offset_secs = config.clock_offset_secs,
+                "the server clock is shifted (clock_offset_secs)"
+            );
+            Arc::new(OffsetClock(chrono::Duration::seconds(config.clock_offset_secs)))
+        };
+        let scheduler = Arc::new(Scheduler::new(store.clone(), clock, metrics.clone()));
+        AppState {
+            schema: crate::graphql::schema(scheduler.clone()),
+            auth: Authenticator::new(store.clone()),
+            limiter: RateLimiter::new(
+                config.rate_limit.requests,
+                Duration::from_secs(config.rate_limit.window_secs),
+            ),
+            max_body_bytes: config.max_body_bytes,
+            store,
+            scheduler,
+            metrics,
+        }
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    pub addr: std::net::SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `config.listen` (port 0 picks a free port) and builds the server.
+    /// Signals are not handled here: `run_until_stopped` does that, so tests
+    /// can stop a server without one.
+    pub fn build(config: &Config, state: Arc<AppState>) -> std::io::Result<Application> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let data = web::Data::from(state);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(from_fn(observe))
+                .route("/health", web::get().to(health))
+                .route("/ready", web::get().to(ready))
+                .route("/metrics", web::get().to(metrics))
+                .route("/graphql", web::post().to(graphql))
+                .route("/graphql", web::get().to(graphiql))
+                .default_service(web::to(not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_secs);
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Application { addr, server })
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until SIGTERM or SIGINT, then stops accepting connections and lets
+    /// in-flight requests finish (up to `shutdown_timeout_secs`).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            handle.stop(true).await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop with Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The request id travels in `X-Request-Id` (taken from the client if sane).
+#[derive(Clone, Copy)]
+struct RequestId(Uuid);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request id, log span, latency and status metrics for every request.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::try_parse(v).ok())
+        .unwrap_or_else(Uuid::now_v7);
+    req.extensions_mut().insert(RequestId(request_id));
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let span = tracing::info_span!("request", %request_id, %method, %route);
+    let started = Instant::now();
+    let result = next.call(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let mut res = result?;
+    let status = res.status();
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            ms = elapsed.as_secs_f64() * 1e3,
+            "request done"
+        )
+    });
+    if let Some(m) = metrics {
+        m.http_requests
+            .with_label_values(&[&method, &route, status.as_str()])
+            .inc();
+        m.http_seconds
+            .with_label_values(&[&method, &route])
+            .observe(elapsed.as_secs_f64());
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    Ok(res)
+}
+
+/// An RFC 9457 problem.
+pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .json(json!({
+            "type": format!("https://buktor.dev/problems/{}", code.to_lowercase().replace('_', "-")),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": detail.into(),
+        }))
+}
+
+async fn not_found() -> HttpResponse {
+    problem(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    match state.store.ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = ?e, "store not ready");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "the event store is not reachable",
+            )
+        }
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn graphiql() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(GraphiQLSource::build().endpoint("/graphql").finish())
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+fn with_quota(mut res: HttpResponse, q: &Quota) -> HttpResponse {
+    let h = res.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", q.limit.to_string()),
+        ("ratelimit-remaining", q.remaining.to_string()),
+        ("ratelimit-reset", q.reset_secs.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    }
+    res
+}
+
+/// Reads the body up to the configured limit.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, HttpResponse> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            problem(StatusCode::BAD_REQUEST, "BAD_BODY", format!("cannot read the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!("the body exceeds {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn graphql(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(token) = bearer(&req) else {
+        return unauthorized(AuthError::Missing);
+    };
+    let principal = match state.auth.verify(token).await {
+        Ok(p) => p,
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = ?e, "authentication failed inside the server");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "try again");
+        }
+        Err(e) => return unauthorized(e),
+    };
+    let quota = state.limiter.check(principal.key_id);
+    if !quota.allowed {
+        state.metrics.rate_limited.inc();
+        let mut res = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("too many requests; retry in {} s", quota.reset_secs),
+        );
+        if let Ok(v) = HeaderValue::from_str(&quota.reset_secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return with_quota(res, &quota);
+    }
+    let body = match read_body(payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(res) => return with_quota(res, &quota),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return with_quota(
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "MALFORMED_REQUEST",
+                    format!("the body is not a GraphQL request in JSON: {e}"),
+                ),
+                &quota,
+            )
+        }
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0)
+        .unwrap_or_else(Uuid::now_v7);
+    let source = req
+        .headers()
+        .get("x-buktor-source")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_value(json!(v)).ok());
+    let info = RequestInfo {
+        remote_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        request_id,
+        source,
+    };
+    let mut response = state
+        .schema
+        .execute(request.data(principal).data(info))
+        .await;
+    // Parse and validation errors come from the GraphQL library without a code.
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", "GRAPHQL_VALIDATION_FAILED");
+        }
+    }
+    with_quota(HttpResponse::Ok().json(response), &quota)
+}
+
+fn unauthorized(e: AuthError) -> HttpResponse {
+    let mut res = problem(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", e.to_string());
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"buktor\""),
+    );
+    res
+}

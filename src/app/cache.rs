@@ -85,7 +85,10 @@ impl<A: Aggregate> AggregateCache<A> {
     fn remember(&self, tenant: TenantId, stream: &str, state: &Versioned<A>) {
         let mut entries = self.lock();
         let key = (tenant, stream.to_owned());
-        if entries.get(&key).is_some_and(|e| e.version >= state.version) {
+        if entries
+            .get(&key)
+            .is_some_and(|e| e.version >= state.version)
+        {
             return;
         }
         if entries.len() >= self.capacity && !entries.contains_key(&key) {

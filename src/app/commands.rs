@@ -2,7 +2,9 @@
 //! parsed into domain values); `decide` loads what the rule needs and returns
 //! the events.
 use buktor_domain::appointment::{Appointment, CancelledBy};
-use buktor_domain::booking::{self, stream_id, BookAppointment, BookingContext, RescheduleAppointment};
+use buktor_domain::booking::{
+    self, stream_id, BookAppointment, BookingContext, RescheduleAppointment,
+};
 use buktor_domain::calendar::calendar_stream;
 use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
 use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
@@ -57,17 +59,29 @@ pub struct RegisterPractitioner {
     pub id: Option<PractitionerId>,
     pub details: PractitionerDetails,
 }
-command!(RegisterPractitioner, "registerPractitioner", configures, register_practitioner);
+command!(
+    RegisterPractitioner,
+    "registerPractitioner",
+    configures,
+    register_practitioner
+);
 
 impl RegisterPractitioner {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+    ) -> AppResult<Decided> {
         let id = self.id.unwrap_or(PractitionerId::from_uuid(new_id));
         let stream = stream_id::<Practitioner>(id);
         let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
         let events = current.state.register(id, self.details.clone())?;
         Ok(Decided {
             id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.practitioners
+            })],
         })
     }
 }
@@ -77,16 +91,28 @@ pub struct UpdatePractitioner {
     pub id: PractitionerId,
     pub details: PractitionerDetails,
 }
-command!(UpdatePractitioner, "updatePractitioner", configures, update_practitioner);
+command!(
+    UpdatePractitioner,
+    "updatePractitioner",
+    configures,
+    update_practitioner
+);
 
 impl UpdatePractitioner {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let stream = stream_id::<Practitioner>(self.id);
         let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
         let events = current.state.update(self.id, self.details.clone())?;
         Ok(Decided {
             id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.practitioners
+            })],
         })
     }
 }
@@ -96,16 +122,28 @@ pub struct SetPractitionerActive {
     pub id: PractitionerId,
     pub active: bool,
 }
-command!(SetPractitionerActive, "setPractitionerActive", configures, set_practitioner_active);
+command!(
+    SetPractitionerActive,
+    "setPractitionerActive",
+    configures,
+    set_practitioner_active
+);
 
 impl SetPractitionerActive {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let stream = stream_id::<Practitioner>(self.id);
         let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
         let events = current.state.set_active(self.id, self.active)?;
         Ok(Decided {
             id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.practitioners)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.practitioners
+            })],
         })
     }
 }
@@ -118,7 +156,12 @@ pub struct DefineService {
 command!(DefineService, "defineService", configures, define_service);
 
 impl DefineService {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+    ) -> AppResult<Decided> {
         let id = self.id.unwrap_or(ServiceId::from_uuid(new_id));
         s.ensure_practitioners_exist(ctx, &self.details).await?;
         let stream = stream_id::<Service>(id);
@@ -126,7 +169,9 @@ impl DefineService {
         let events = current.state.define(id, self.details.clone())?;
         Ok(Decided {
             id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.services
+            })],
         })
     }
 }
@@ -139,14 +184,21 @@ pub struct UpdateService {
 command!(UpdateService, "updateService", configures, update_service);
 
 impl UpdateService {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         s.ensure_practitioners_exist(ctx, &self.details).await?;
         let stream = stream_id::<Service>(self.id);
         let current = s.load(ctx.tenant, &s.services, &stream).await?;
         let events = current.state.update(self.id, self.details.clone())?;
         Ok(Decided {
             id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.services
+            })],
         })
     }
 }
@@ -156,16 +208,28 @@ pub struct SetServiceActive {
     pub id: ServiceId,
     pub active: bool,
 }
-command!(SetServiceActive, "setServiceActive", configures, set_service_active);
+command!(
+    SetServiceActive,
+    "setServiceActive",
+    configures,
+    set_service_active
+);
 
 impl SetServiceActive {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let stream = stream_id::<Service>(self.id);
         let current = s.load(ctx.tenant, &s.services, &stream).await?;
         let events = current.state.set_active(self.id, self.active)?;
         Ok(Decided {
             id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.services)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.services
+            })],
         })
     }
 }
@@ -175,18 +239,34 @@ pub struct SetWeeklyRules {
     pub practitioner_id: PractitionerId,
     pub rules: Vec<WeeklyRule>,
 }
-command!(SetWeeklyRules, "setWeeklyRules", configures, set_weekly_rules);
+command!(
+    SetWeeklyRules,
+    "setWeeklyRules",
+    configures,
+    set_weekly_rules
+);
 
 impl SetWeeklyRules {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
-        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        let stream = s
+            .schedule_stream_of_existing(ctx, self.practitioner_id)
+            .await?;
         let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
-        let events = current
-            .state
-            .set_weekly_rules(self.practitioner_id, ctx.time_zone, self.rules.clone())?;
+        let events = current.state.set_weekly_rules(
+            self.practitioner_id,
+            ctx.time_zone,
+            self.rules.clone(),
+        )?;
         Ok(Decided {
             id: self.practitioner_id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.schedules
+            })],
         })
     }
 }
@@ -196,18 +276,32 @@ pub struct AddScheduleException {
     pub practitioner_id: PractitionerId,
     pub exception: ScheduleException,
 }
-command!(AddScheduleException, "addScheduleException", configures, add_schedule_exception);
+command!(
+    AddScheduleException,
+    "addScheduleException",
+    configures,
+    add_schedule_exception
+);
 
 impl AddScheduleException {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
-        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        let stream = s
+            .schedule_stream_of_existing(ctx, self.practitioner_id)
+            .await?;
         let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
         let events = current
             .state
             .add_exception(self.practitioner_id, self.exception.clone())?;
         Ok(Decided {
             id: self.exception.id,
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.schedules
+            })],
         })
     }
 }
@@ -217,18 +311,32 @@ pub struct RemoveScheduleException {
     pub practitioner_id: PractitionerId,
     pub exception_id: Uuid,
 }
-command!(RemoveScheduleException, "removeScheduleException", configures, remove_schedule_exception);
+command!(
+    RemoveScheduleException,
+    "removeScheduleException",
+    configures,
+    remove_schedule_exception
+);
 
 impl RemoveScheduleException {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
-        let stream = s.schedule_stream_of_existing(ctx, self.practitioner_id).await?;
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        let stream = s
+            .schedule_stream_of_existing(ctx, self.practitioner_id)
+            .await?;
         let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
         let events = current
             .state
             .remove_exception(self.practitioner_id, self.exception_id)?;
         Ok(Decided {
             id: self.exception_id,
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| &s.schedules)],
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.schedules
+            })],
         })
     }
 }
@@ -245,16 +353,27 @@ pub struct Book {
 command!(Book, "bookAppointment", books, book);
 
 impl Book {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided> {
-        let id = self.appointment_id.unwrap_or(AppointmentId::from_uuid(new_id));
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+    ) -> AppResult<Decided> {
+        let id = self
+            .appointment_id
+            .unwrap_or(AppointmentId::from_uuid(new_id));
         let day = self.start.with_timezone(&ctx.time_zone).date_naive();
-        let (practitioner, service, schedule, calendar) = s
-            .load4(
+        let (practitioner, service, schedule, calendar, appointment) = s
+            .load5(
                 ctx.tenant,
-                (&s.practitioners, stream_id::<Practitioner>(self.practitioner_id)),
+                (
+                    &s.practitioners,
+                    stream_id::<Practitioner>(self.practitioner_id),
+                ),
                 (&s.services, stream_id::<Service>(self.service_id)),
                 (&s.schedules, stream_id::<Schedule>(self.practitioner_id)),
                 (&s.calendars, calendar_stream(self.practitioner_id, day)),
+                (&s.appointments, stream_id::<Appointment>(id)),
             )
             .await?;
         let ctx_b = BookingContext {
@@ -263,13 +382,8 @@ impl Book {
             schedule: &schedule.state,
             now: s.now(),
         };
-        // A new appointment stream must not exist: expected version 0 makes the
-        // store refuse a second booking under the same id, even from another instance.
-        let appointment = if self.appointment_id.is_some() {
-            s.load(ctx.tenant, &s.appointments, &stream_id::<Appointment>(id)).await?
-        } else {
-            Default::default()
-        };
+        // The appointment stream is read too (in the same round trip): a client
+        // may name the id, and a taken id must be refused, not retried forever.
         let decision = booking::book(
             &ctx_b,
             &appointment.state,
@@ -291,7 +405,13 @@ impl Book {
                     "schedule time zone differs from the hospital's: {stream} is not {calendar_id}"
                 )));
             }
-            streams.push(Pending::new(ctx.tenant, stream, calendar.clone(), events, |s| &s.calendars));
+            streams.push(Pending::new(
+                ctx.tenant,
+                stream,
+                calendar.clone(),
+                events,
+                |s| &s.calendars,
+            ));
         }
         streams.push(Pending::new(
             ctx.tenant,
@@ -317,29 +437,35 @@ pub struct Reschedule {
 command!(Reschedule, "rescheduleAppointment", books, reschedule);
 
 impl Reschedule {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let id = self.appointment_id;
         let appointment_stream = stream_id::<Appointment>(id);
-        let appointment = s.load(ctx.tenant, &s.appointments, &appointment_stream).await?;
+        let appointment = s
+            .load(ctx.tenant, &s.appointments, &appointment_stream)
+            .await?;
         let current = appointment.state.ensure_reschedulable(id)?;
         let practitioner_id = self.practitioner_id.unwrap_or(current.practitioner_id);
         let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
         let new_day = self.start.with_timezone(&ctx.time_zone).date_naive();
         let new_stream = calendar_stream(practitioner_id, new_day);
-        let (practitioner, service, schedule, old_calendar) = s
-            .load4(
+        // The target day is read with the rest; when it is the same day, the
+        // fifth read is a repeat of the fourth that finds nothing new.
+        let (practitioner, service, schedule, old_calendar, target_calendar) = s
+            .load5(
                 ctx.tenant,
                 (&s.practitioners, stream_id::<Practitioner>(practitioner_id)),
                 (&s.services, stream_id::<Service>(current.service_id)),
                 (&s.schedules, stream_id::<Schedule>(practitioner_id)),
                 (&s.calendars, old_stream.clone()),
+                (&s.calendars, new_stream.clone()),
             )
             .await?;
-        let new_calendar = if new_stream == old_stream {
-            None
-        } else {
-            Some(s.load(ctx.tenant, &s.calendars, &new_stream).await?)
-        };
+        let new_calendar = (new_stream != old_stream).then_some(target_calendar);
         let ctx_b = BookingContext {
             practitioner: &practitioner.state,
             service: &service.state,
@@ -365,7 +491,9 @@ impl Reschedule {
             } else {
                 new_calendar.clone().unwrap_or_default()
             };
-            streams.push(Pending::new(ctx.tenant, stream, base, events, |s| &s.calendars));
+            streams.push(Pending::new(ctx.tenant, stream, base, events, |s| {
+                &s.calendars
+            }));
         }
         streams.push(Pending::new(
             ctx.tenant,
@@ -390,10 +518,17 @@ pub struct Cancel {
 command!(Cancel, "cancelAppointment", books, cancel);
 
 impl Cancel {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let id = self.appointment_id;
         let appointment_stream = stream_id::<Appointment>(id);
-        let appointment = s.load(ctx.tenant, &s.appointments, &appointment_stream).await?;
+        let appointment = s
+            .load(ctx.tenant, &s.appointments, &appointment_stream)
+            .await?;
         let current = appointment.state.get(id)?;
         let calendar_id = calendar_stream(current.practitioner_id, current.calendar_day);
         let calendar = s.load(ctx.tenant, &s.calendars, &calendar_id).await?;
@@ -406,7 +541,13 @@ impl Cancel {
         )?;
         let mut streams = Vec::new();
         for (stream, events) in decision.calendar {
-            streams.push(Pending::new(ctx.tenant, stream, calendar.clone(), events, |s| &s.calendars));
+            streams.push(Pending::new(
+                ctx.tenant,
+                stream,
+                calendar.clone(),
+                events,
+                |s| &s.calendars,
+            ));
         }
         streams.push(Pending::new(
             ctx.tenant,
@@ -435,10 +576,20 @@ pub struct RecordAttendance {
     pub appointment_id: AppointmentId,
     pub step: Attendance,
 }
-command!(RecordAttendance, "recordAttendance", books, record_attendance);
+command!(
+    RecordAttendance,
+    "recordAttendance",
+    books,
+    record_attendance
+);
 
 impl RecordAttendance {
-    async fn decide_with(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
         let id = self.appointment_id;
         let stream = stream_id::<Appointment>(id);
         let appointment = s.load(ctx.tenant, &s.appointments, &stream).await?;
@@ -450,7 +601,13 @@ impl RecordAttendance {
         };
         Ok(Decided {
             id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, appointment, vec![event], |s| &s.appointments)],
+            streams: vec![Pending::new(
+                ctx.tenant,
+                stream,
+                appointment,
+                vec![event],
+                |s| &s.appointments,
+            )],
         })
     }
 }
@@ -463,7 +620,11 @@ impl Scheduler {
     ) -> AppResult<()> {
         for id in &details.practitioners {
             let p = self
-                .load(ctx.tenant, &self.practitioners, &stream_id::<Practitioner>(*id))
+                .load(
+                    ctx.tenant,
+                    &self.practitioners,
+                    &stream_id::<Practitioner>(*id),
+                )
                 .await?;
             p.state.get(*id)?;
         }
@@ -477,7 +638,11 @@ impl Scheduler {
         practitioner_id: PractitionerId,
     ) -> AppResult<String> {
         let p = self
-            .load(ctx.tenant, &self.practitioners, &stream_id::<Practitioner>(practitioner_id))
+            .load(
+                ctx.tenant,
+                &self.practitioners,
+                &stream_id::<Practitioner>(practitioner_id),
+            )
             .await?;
         p.state.get(practitioner_id)?;
         Ok(stream_id::<Schedule>(practitioner_id))

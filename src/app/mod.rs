@@ -49,7 +49,10 @@ pub enum AppError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error("the {role} role may not {action}")]
-    Forbidden { role: &'static str, action: &'static str },
+    Forbidden {
+        role: &'static str,
+        action: &'static str,
+    },
     #[error("idempotency key {0:?} was already used for a different request")]
     IdempotencyKeyReused(String),
     #[error("gave up after {0} attempts: the data changed under the command every time")]
@@ -183,7 +186,8 @@ trait Command: Serialize + Sync {
     fn allowed(role: buktor_domain::Role) -> bool;
     /// `new_id` is the id to give what the command creates, when it creates
     /// something and the client named no id; it stays the same across retries.
-    async fn decide(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid) -> AppResult<Decided>;
+    async fn decide(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid)
+        -> AppResult<Decided>;
 }
 
 impl Scheduler {
@@ -208,7 +212,11 @@ impl Scheduler {
         self.clock.now()
     }
 
-    async fn run<C: Command>(&self, ctx: &CommandContext, command: &C) -> AppResult<CommandOutcome> {
+    async fn run<C: Command>(
+        &self,
+        ctx: &CommandContext,
+        command: &C,
+    ) -> AppResult<CommandOutcome> {
         let started = Instant::now();
         let result = self.run_inner(ctx, command).await;
         let outcome = match &result {
@@ -249,11 +257,29 @@ impl Scheduler {
             });
         }
         let request_hash = request_hash(C::NAME, command);
-        if let Some(key) = &ctx.idempotency_key {
-            if let Some(done) = self.replay(ctx.tenant, key, &request_hash).await? {
-                return Ok(done);
-            }
+        // The idempotency key is checked lazily: a repeat of a command that
+        // was applied either fails to decide (its own effect is in the way:
+        // the slot is taken, the appointment is already cancelled) or fails
+        // to store its claim. Only then is the stored outcome looked up, which
+        // saves a round trip on every first attempt.
+        match self.decide_and_append(ctx, command, &request_hash).await {
+            Err(AppError::Domain(e)) => match &ctx.idempotency_key {
+                Some(key) => match self.replay(ctx.tenant, key, &request_hash).await? {
+                    Some(done) => Ok(done),
+                    None => Err(AppError::Domain(e)),
+                },
+                None => Err(AppError::Domain(e)),
+            },
+            other => other,
         }
+    }
+
+    async fn decide_and_append<C: Command>(
+        &self,
+        ctx: &CommandContext,
+        command: &C,
+        request_hash: &str,
+    ) -> AppResult<CommandOutcome> {
         let causation_id = Uuid::now_v7();
         let new_id = Uuid::now_v7();
         for attempt in 1..=MAX_ATTEMPTS {
@@ -301,7 +327,10 @@ impl Scheduler {
             }
             // The response is known before the append: the position is filled in by
             // the store's answer, so a repeat answers with what the first call did.
-            let claim = ctx.idempotency_key.as_ref().map(|key| (key.clone(), request_hash.clone()));
+            let claim = ctx
+                .idempotency_key
+                .as_ref()
+                .map(|key| (key.clone(), request_hash.to_owned()));
             let append_started = Instant::now();
             let result = self
                 .append_with_claim(ctx.tenant, appends, claim, id, events)
@@ -322,7 +351,7 @@ impl Scheduler {
                 }
                 Err(StoreError::IdempotencyKeyTaken { key }) => {
                     // A concurrent request with the same key won; answer as it did.
-                    return match self.replay(ctx.tenant, &key, &request_hash).await? {
+                    return match self.replay(ctx.tenant, &key, request_hash).await? {
                         Some(done) => Ok(done),
                         None => Err(AppError::Corrupt(format!(
                             "idempotency key {key:?} taken but not stored"
@@ -407,45 +436,79 @@ impl Scheduler {
         }))
     }
 
-    /// Loads several streams in one read, each caught up from its cache.
-    async fn load4<A, B, C, D>(
+    /// Loads five streams in one read, each caught up from its cache.
+    #[allow(clippy::type_complexity)]
+    async fn load5<A, B, C, D, E>(
         &self,
         tenant: TenantId,
         a: (&AggregateCache<A>, String),
         b: (&AggregateCache<B>, String),
         c: (&AggregateCache<C>, String),
         d: (&AggregateCache<D>, String),
-    ) -> AppResult<(Versioned<A>, Versioned<B>, Versioned<C>, Versioned<D>)>
+        e: (&AggregateCache<E>, String),
+    ) -> AppResult<(
+        Versioned<A>,
+        Versioned<B>,
+        Versioned<C>,
+        Versioned<D>,
+        Versioned<E>,
+    )>
     where
         A: Aggregate,
         B: Aggregate,
         C: Aggregate,
         D: Aggregate,
+        E: Aggregate,
     {
-        let (ba, bb, bc, bd) = (
+        let (ba, bb, bc, bd, be) = (
             a.0.get(tenant, &a.1),
             b.0.get(tenant, &b.1),
             c.0.get(tenant, &c.1),
             d.0.get(tenant, &d.1),
+            e.0.get(tenant, &e.1),
         );
-        let events = self
-            .store
-            .read_streams(
-                tenant,
-                &[
-                    (a.1.clone(), ba.version),
-                    (b.1.clone(), bb.version),
-                    (c.1.clone(), bc.version),
-                    (d.1.clone(), bd.version),
-                ],
-            )
-            .await?;
-        let of = |s: &str| events.iter().filter(|e| e.stream_id == s).collect::<Vec<_>>();
+        let mut reads: Vec<(String, i64)> = Vec::with_capacity(5);
+        for (stream, version) in [
+            (&a.1, ba.version),
+            (&b.1, bb.version),
+            (&c.1, bc.version),
+            (&d.1, bd.version),
+            (&e.1, be.version),
+        ] {
+            // The same stream may be named twice (a reschedule within one day).
+            match reads.iter_mut().find(|(s, _)| s == stream) {
+                Some((_, v)) => *v = (*v).min(version),
+                None => reads.push((stream.clone(), version)),
+            }
+        }
+        let events = self.store.read_streams(tenant, &reads).await?;
+        let of = |s: &str, after: i64| {
+            events
+                .iter()
+                .filter(|e| e.stream_id == s && e.version > after)
+                .collect::<Vec<_>>()
+        };
         Ok((
-            a.0.advance(tenant, &a.1, ba, &of(&a.1))?,
-            b.0.advance(tenant, &b.1, bb, &of(&b.1))?,
-            c.0.advance(tenant, &c.1, bc, &of(&c.1))?,
-            d.0.advance(tenant, &d.1, bd, &of(&d.1))?,
+            {
+                let new = of(&a.1, ba.version);
+                a.0.advance(tenant, &a.1, ba, &new)?
+            },
+            {
+                let new = of(&b.1, bb.version);
+                b.0.advance(tenant, &b.1, bb, &new)?
+            },
+            {
+                let new = of(&c.1, bc.version);
+                c.0.advance(tenant, &c.1, bc, &new)?
+            },
+            {
+                let new = of(&d.1, bd.version);
+                d.0.advance(tenant, &d.1, bd, &new)?
+            },
+            {
+                let new = of(&e.1, be.version);
+                e.0.advance(tenant, &e.1, be, &new)?
+            },
         ))
     }
 

@@ -41,7 +41,11 @@ impl Scheduler {
         Ok(out)
     }
 
-    pub async fn service(&self, tenant: TenantId, id: ServiceId) -> AppResult<Option<DefinedService>> {
+    pub async fn service(
+        &self,
+        tenant: TenantId,
+        id: ServiceId,
+    ) -> AppResult<Option<DefinedService>> {
         let s = self
             .load(tenant, &self.services, &stream_id::<Service>(id))
             .await?;
@@ -58,9 +62,17 @@ impl Scheduler {
         Ok(out)
     }
 
-    pub async fn schedule(&self, tenant: TenantId, practitioner: PractitionerId) -> AppResult<Schedule> {
+    pub async fn schedule(
+        &self,
+        tenant: TenantId,
+        practitioner: PractitionerId,
+    ) -> AppResult<Schedule> {
         Ok(self
-            .load(tenant, &self.schedules, &stream_id::<Schedule>(practitioner))
+            .load(
+                tenant,
+                &self.schedules,
+                &stream_id::<Schedule>(practitioner),
+            )
             .await?
             .state)
     }
@@ -126,7 +138,11 @@ impl Scheduler {
                 continue;
             }
             let c = self
-                .load(tenant, &self.calendars, &calendar_stream(practitioner, date))
+                .load(
+                    tenant,
+                    &self.calendars,
+                    &calendar_stream(practitioner, date),
+                )
                 .await?;
             calendars.insert(date, c.state);
         }

@@ -106,7 +106,11 @@ impl Authenticator {
             Some((key, tenant, _)) => (key, tenant),
             None => {
                 let key = self.store.api_key(id).await?.ok_or(AuthError::Invalid)?;
-                let tenant = self.store.tenant(key.tenant).await?.ok_or(AuthError::Invalid)?;
+                let tenant = self
+                    .store
+                    .tenant(key.tenant)
+                    .await?
+                    .ok_or(AuthError::Invalid)?;
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() > 100_000 {
                     cache.clear();

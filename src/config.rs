@@ -135,7 +135,9 @@ impl Config {
             ));
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError::Rule("max_body_bytes must be at least 1024".into()));
+            return Err(ConfigError::Rule(
+                "max_body_bytes must be at least 1024".into(),
+            ));
         }
         Ok(())
     }

@@ -79,7 +79,13 @@ pub async fn seed(scheduler: &Scheduler) -> AppResult<Seeded> {
         practitioners.push(outcome.id.into());
     }
     let today = Utc::now().with_timezone(&tenant.time_zone).date_naive();
-    let weekdays = [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri];
+    let weekdays = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+    ];
     let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap_or(NaiveTime::MIN);
     let from = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap_or(today);
     for p in &practitioners {
@@ -99,7 +105,12 @@ pub async fn seed(scheduler: &Scheduler) -> AppResult<Seeded> {
     for (service, minutes, capacity, who) in [
         ("General consultation", 15, 1, practitioners.clone()),
         ("Follow-up visit", 30, 1, practitioners.clone()),
-        ("Cardiac rehabilitation group", 60, 8, vec![practitioners[0]]),
+        (
+            "Cardiac rehabilitation group",
+            60,
+            8,
+            vec![practitioners[0]],
+        ),
     ] {
         scheduler
             .define_service(

@@ -47,7 +47,9 @@ impl AppState {
                 offset_secs = config.clock_offset_secs,
                 "the server clock is shifted (clock_offset_secs)"
             );
-            Arc::new(OffsetClock(chrono::Duration::seconds(config.clock_offset_secs)))
+            Arc::new(OffsetClock(chrono::Duration::seconds(
+                config.clock_offset_secs,
+            )))
         };
         let scheduler = Arc::new(Scheduler::new(store.clone(), clock, metrics.clone()));
         AppState {
@@ -118,7 +120,10 @@ impl Application {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},
@@ -232,7 +237,9 @@ async fn graphiql() -> HttpResponse {
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn with_quota(mut res: HttpResponse, q: &Quota) -> HttpResponse {
@@ -254,7 +261,11 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, H
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            problem(StatusCode::BAD_REQUEST, "BAD_BODY", format!("cannot read the body: {e}"))
+            problem(
+                StatusCode::BAD_REQUEST,
+                "BAD_BODY",
+                format!("cannot read the body: {e}"),
+            )
         })?;
         if body.len() + chunk.len() > limit {
             return Err(problem(
@@ -280,7 +291,11 @@ async fn graphql(
         Ok(p) => p,
         Err(AuthError::Store(e)) => {
             tracing::error!(error = ?e, "authentication failed inside the server");
-            return problem(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "try again");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "try again",
+            );
         }
         Err(e) => return unauthorized(e),
     };

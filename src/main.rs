@@ -13,7 +13,11 @@ use buktor_domain::{Role, TenantId};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "buktor", version, about = "Appointment scheduling for hospitals")]
+#[command(
+    name = "buktor",
+    version,
+    about = "Appointment scheduling for hospitals"
+)]
 struct Cli {
     /// A TOML configuration file (default: ./buktor.toml if present).
     #[arg(long, global = true, env = "BUKTOR_CONFIG")]
@@ -82,7 +86,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(cli.command.unwrap_or(Command::Serve { demo: false }), config))
+    runtime.block_on(run(
+        cli.command.unwrap_or(Command::Serve { demo: false }),
+        config,
+    ))
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -129,7 +136,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
 async fn scheduler(config: &Config) -> anyhow::Result<Scheduler> {
     let store = store::open(config).await?;
-    Ok(Scheduler::new(store, Arc::new(SystemClock), Arc::new(Metrics::new())))
+    Ok(Scheduler::new(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+    ))
 }
 
 async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
@@ -154,7 +165,10 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     println!("Buktor listening on {url}");
     match seed {
         Some(s) => {
-            println!("Seeded the demo hospital {:?} ({}).", s.tenant.name, s.tenant.id);
+            println!(
+                "Seeded the demo hospital {:?} ({}).",
+                s.tenant.name, s.tenant.id
+            );
             println!("Admin API key (shown only now): {}", s.admin_key);
             println!("GraphiQL: {url}/graphql  (send the header  Authorization: Bearer <key>)");
         }

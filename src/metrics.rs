@@ -41,8 +41,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let command_seconds = HistogramVec::new(
-            HistogramOpts::new("command_duration_seconds", "Command latency, retries included")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "command_duration_seconds",
+                "Command latency, retries included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["command"],
         )
         .expect("valid metric");
@@ -52,8 +55,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let append_seconds = Histogram::with_opts(
-            HistogramOpts::new("store_append_duration_seconds", "Event store append latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "store_append_duration_seconds",
+                "Event store append latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
         let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")
@@ -67,7 +73,9 @@ impl Metrics {
             Box::new(append_seconds.clone()),
             Box::new(rate_limited.clone()),
         ] {
-            registry.register(c).expect("each metric is registered once");
+            registry
+                .register(c)
+                .expect("each metric is registered once");
         }
         Metrics {
             registry,

@@ -83,20 +83,28 @@ mod tests {
             None,
         )
         .unwrap();
-        let schedule = Schedule::from_events(&Schedule::default().set_weekly_rules(p, chrono_tz::UTC, vec![rule]).unwrap());
+        let schedule = Schedule::from_events(
+            &Schedule::default()
+                .set_weekly_rules(p, chrono_tz::UTC, vec![rule])
+                .unwrap(),
+        );
         let service = ServiceDetails::parse("Consult", 30, 0, 0, 1, [p], 0, 30).unwrap();
         let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
         let nine = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
         let mut calendar = CalendarDay::default();
         let held: CalendarEvent = calendar
-            .hold(p, AppointmentId::new(), Hold {
-                service_id: s,
-                start: nine,
-                end: nine + Duration::minutes(30),
-                buffer_before: service.buffer_before,
-                buffer_after: service.buffer_after,
-                capacity: service.capacity,
-            })
+            .hold(
+                p,
+                AppointmentId::new(),
+                Hold {
+                    service_id: s,
+                    start: nine,
+                    end: nine + Duration::minutes(30),
+                    buffer_before: service.buffer_before,
+                    buffer_after: service.buffer_after,
+                    capacity: service.capacity,
+                },
+            )
             .unwrap();
         calendar.apply(&held);
         let now = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
@@ -105,6 +113,15 @@ mod tests {
         assert_eq!(slots.len(), 1);
         assert_eq!(slots[0].start, nine + Duration::minutes(30));
         // Once it is 09:30 nothing is left.
-        assert!(free_slots(&schedule, s, &service, &calendars, nine + Duration::minutes(30), day, day).is_empty());
+        assert!(free_slots(
+            &schedule,
+            s,
+            &service,
+            &calendars,
+            nine + Duration::minutes(30),
+            day,
+            day
+        )
+        .is_empty());
     }
 }

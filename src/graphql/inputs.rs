@@ -228,7 +228,11 @@ impl ScheduleExceptionInput {
             Some(id) => parse_id("id", id)?,
             None => uuid::Uuid::now_v7(),
         };
-        let start = self.start.as_deref().map(|s| time("start", s)).transpose()?;
+        let start = self
+            .start
+            .as_deref()
+            .map(|s| time("start", s))
+            .transpose()?;
         let end = self.end.as_deref().map(|s| time("end", s)).transpose()?;
         let reason = self
             .reason
@@ -244,8 +248,15 @@ impl ScheduleExceptionInput {
                 let (Some(start), Some(end)) = (start, end) else {
                     return Err(invalid("start", "an extra session needs start and end"));
                 };
-                ScheduleException::extra_session(id, self.date, start, end, self.grid_minutes, reason)
-                    .map_err(domain)
+                ScheduleException::extra_session(
+                    id,
+                    self.date,
+                    start,
+                    end,
+                    self.grid_minutes,
+                    reason,
+                )
+                .map_err(domain)
             }
         }
     }

@@ -16,7 +16,9 @@ use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
 use chrono::NaiveDate;
 use uuid::Uuid;
 
-use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, RecordAttendance, Scheduler};
+use crate::app::{
+    AppError, Attendance, CommandContext, CommandOutcome, RecordAttendance, Scheduler,
+};
 use crate::auth::Principal;
 use inputs::*;
 use types::*;
@@ -60,7 +62,9 @@ pub(crate) fn app_error(e: AppError) -> Error {
 }
 
 pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-    app_error(AppError::Domain(buktor_domain::DomainError::invalid(field, message)))
+    app_error(AppError::Domain(buktor_domain::DomainError::invalid(
+        field, message,
+    )))
 }
 
 fn principal<'a>(ctx: &Context<'a>) -> &'a Principal {
@@ -152,7 +156,11 @@ impl QueryRoot {
         let id: PractitionerId = parse_id("practitionerId", &practitioner_id)?;
         let s = scheduler(ctx);
         let tenant = principal(ctx).tenant_id();
-        if s.practitioner(tenant, id).await.map_err(app_error)?.is_none() {
+        if s.practitioner(tenant, id)
+            .await
+            .map_err(app_error)?
+            .is_none()
+        {
             return Ok(None);
         }
         let schedule = s.schedule(tenant, id).await.map_err(app_error)?;

@@ -285,10 +285,13 @@ impl Appointment {
         self.0.note.as_ref().map(|n| n.to_string())
     }
     async fn cancellation(&self) -> Option<Cancellation> {
-        self.0.cancellation.as_ref().map(|(reason, by)| Cancellation {
-            reason: reason.to_string(),
-            cancelled_by: (*by).into(),
-        })
+        self.0
+            .cancellation
+            .as_ref()
+            .map(|(reason, by)| Cancellation {
+                reason: reason.to_string(),
+                cancelled_by: (*by).into(),
+            })
     }
     /// Every event of this appointment, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<HistoryEntry>> {

@@ -110,7 +110,13 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(Serialized::default("database_url", url));
         }
-        figment = figment.merge(Env::prefixed("BUKTOR_").split("__"));
+        // BUKTOR_CONFIG names the file (read by the CLI); BUKTOR_TEST_* belong to the test suite.
+        figment = figment.merge(
+            Env::prefixed("BUKTOR_")
+                .ignore(&["config"])
+                .filter(|key| !key.as_str().starts_with("test_"))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -203,6 +209,7 @@ impl Serialize for Secret {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its own large error
 mod tests {
     use super::*;
 
@@ -221,6 +228,8 @@ mod tests {
             jail.create_file("b.toml", "listen = \"127.0.0.1:9000\"\npool_size = 4\n[rate_limit]\nrequests = 10\nwindow_secs = 1\n")?;
             jail.set_env("BUKTOR_POOL_SIZE", "7");
             jail.set_env("BUKTOR_RATE_LIMIT__REQUESTS", "99");
+            jail.set_env("BUKTOR_CONFIG", "b.toml");
+            jail.set_env("BUKTOR_TEST_SOMETHING", "not a configuration key");
             let c = Config::load(Some(std::path::Path::new("b.toml"))).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.pool_size, 7);

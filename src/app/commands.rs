@@ -27,10 +27,17 @@ fn books(role: Role) -> bool {
 
 macro_rules! command {
     ($ty:ident, $name:literal, $allowed:path, $method:ident) => {
+        command!($ty, $name, $allowed, $method, |_c, _ctx| None);
+    };
+    ($ty:ident, $name:literal, $allowed:path, $method:ident, $contention:expr) => {
         impl super::Command for $ty {
             const NAME: &'static str = $name;
             fn allowed(role: Role) -> bool {
                 $allowed(role)
+            }
+            fn contention_key(&self, ctx: &CommandContext) -> Option<String> {
+                let key: fn(&$ty, &CommandContext) -> Option<String> = $contention;
+                key(self, ctx)
             }
             async fn decide(
                 &self,
@@ -350,7 +357,11 @@ pub struct Book {
     pub patient: PatientRef,
     pub note: Option<Reason>,
 }
-command!(Book, "bookAppointment", books, book);
+// Bookings of one practitioner-day race on its calendar stream.
+command!(Book, "bookAppointment", books, book, |c, ctx| Some(calendar_stream(
+    c.practitioner_id,
+    c.start.with_timezone(&ctx.time_zone).date_naive()
+)));
 
 impl Book {
     async fn decide_with(

@@ -41,8 +41,15 @@ use cache::{AggregateCache, Versioned};
 
 /// How often a command is decided again after losing a race on one of its
 /// streams before giving up with `CONCURRENCY_CONFLICT`. Each retry re-reads
-/// only the events it missed, so even a busy day converges quickly.
-const MAX_ATTEMPTS: usize = 20;
+/// only the events it missed and waits a random, growing pause first, so
+/// writers from several instances on one busy day spread out and converge.
+const MAX_ATTEMPTS: u32 = 30;
+
+/// Commands of one instance that race on the same stream take turns on one
+/// of these (chosen by hashing the stream), so they queue in memory instead of
+/// failing each other's appends. Correctness never rests on it: other
+/// instances are kept out by the store's version check alone.
+const CONTENTION_STRIPES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -131,6 +138,7 @@ pub struct Scheduler {
     schedules: AggregateCache<Schedule>,
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Events for one stream, typed until they are encoded.
@@ -143,7 +151,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn new<A: Aggregate>(
+    fn new<A>(
         tenant: TenantId,
         stream_id: String,
         base: Versioned<A>,
@@ -151,7 +159,7 @@ impl Pending {
         cache: fn(&Scheduler) -> &AggregateCache<A>,
     ) -> Self
     where
-        A: Send + 'static,
+        A: Aggregate + Send + 'static,
         A::Event: Send + 'static,
     {
         let encoded = events
@@ -184,6 +192,10 @@ trait Command: Serialize + Sync {
     const NAME: &'static str;
     /// Whether `ctx.actor.role` may run it.
     fn allowed(role: buktor_domain::Role) -> bool;
+    /// The stream this command most likely races on, if known before loading.
+    fn contention_key(&self, _ctx: &CommandContext) -> Option<String> {
+        None
+    }
     /// `new_id` is the id to give what the command creates, when it creates
     /// something and the client named no id; it stays the same across retries.
     async fn decide(&self, s: &Scheduler, ctx: &CommandContext, new_id: Uuid)
@@ -201,6 +213,9 @@ impl Scheduler {
             schedules: AggregateCache::new(10_000),
             calendars: AggregateCache::new(50_000),
             appointments: AggregateCache::new(50_000),
+            stripes: (0..CONTENTION_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -257,6 +272,15 @@ impl Scheduler {
             });
         }
         let request_hash = request_hash(C::NAME, command);
+        let _turn = match command.contention_key(ctx) {
+            Some(key) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&(ctx.tenant, key), &mut h);
+                let stripe = std::hash::Hasher::finish(&h) as usize % self.stripes.len();
+                Some(self.stripes[stripe].lock().await)
+            }
+            None => None,
+        };
         // The idempotency key is checked lazily: a repeat of a command that
         // was applied either fails to decide (its own effect is in the way:
         // the slot is taken, the appointment is already cancelled) or fails
@@ -348,6 +372,9 @@ impl Scheduler {
                 Err(StoreError::VersionConflict { stream_id, .. }) => {
                     self.metrics.conflicts.inc();
                     tracing::debug!(command = C::NAME, %stream_id, attempt, "stream moved, deciding again");
+                    let ceiling_us = (250u64 << attempt.min(7)).min(30_000);
+                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ceiling_us);
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
                 }
                 Err(StoreError::IdempotencyKeyTaken { key }) => {
                     // A concurrent request with the same key won; answer as it did.
@@ -361,7 +388,7 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(AppError::Contention(MAX_ATTEMPTS))
+        Err(AppError::Contention(MAX_ATTEMPTS as usize))
     }
 
     /// Appends; the idempotency claim stores the outcome. The position in the

@@ -114,7 +114,7 @@ impl Config {
         figment = figment.merge(
             Env::prefixed("BUKTOR_")
                 .ignore(&["config"])
-                .filter(|key| !key.as_str().starts_with("test_"))
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
                 .split("__"),
         );
         let config: Config = figment.extract().map_err(Box::new)?;
@@ -244,7 +244,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("BUKTOR_POOL_SIZE", "many");
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("pool_size"), "{err}");
+            assert!(err.to_lowercase().contains("pool_size"), "{err}");
             jail.set_env("BUKTOR_POOL_SIZE", "1");
             jail.set_env("DATABASE_URL", "mysql://x");
             let err = Config::load(None).unwrap_err().to_string();

@@ -103,7 +103,45 @@ conformance!(
     a_tenant_sees_nothing_of_another_tenants_events,
     the_directory_keeps_tenants_and_api_keys,
     a_follower_sees_every_event_of_concurrent_writers_once_and_in_order,
+    an_event_stored_in_an_old_schema_version_is_read_in_the_current_one,
 );
+
+/// An `AppointmentBooked` written by an older server (schema version 1, the
+/// patient as two flat fields) comes back from the store unchanged and is
+/// upcast to the current shape when decoded.
+async fn an_event_stored_in_an_old_schema_version_is_read_in_the_current_one<S: Backend>(
+    store: &S,
+) {
+    use buktor_domain::appointment::AppointmentEvent;
+    let tenant = TenantId::new();
+    let v1_payload = json!({
+        "appointment_id": Uuid::now_v7(),
+        "practitioner_id": Uuid::now_v7(),
+        "service_id": Uuid::now_v7(),
+        "start": "2026-12-01T08:00:00Z",
+        "end": "2026-12-01T08:30:00Z",
+        "calendar_day": "2026-12-01",
+        "patient_id": "P-77",
+        "patient_name": "Ada Jansen",
+        "note": null
+    });
+    let mut old = event("AppointmentBooked", 1);
+    old.schema_version = 1;
+    old.payload = v1_payload.clone();
+    append_ok(store, request(tenant, vec![stream("appointment-old", 0, vec![old])])).await;
+
+    let stored = stream_events(store, tenant, "appointment-old").await;
+    assert_eq!(stored[0].schema_version, 1, "the store keeps what was written");
+    assert_eq!(stored[0].payload, v1_payload);
+    let decoded: AppointmentEvent = buktor::app::decode_event(&stored[0]).expect("upcast");
+    match decoded {
+        AppointmentEvent::AppointmentBooked { patient, .. } => {
+            assert_eq!(patient.his_patient_id.as_str(), "P-77");
+            assert_eq!(patient.name.expect("name").as_str(), "Ada Jansen");
+        }
+        other => panic!("decoded as {other:?}"),
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Helpers

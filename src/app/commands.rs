@@ -358,10 +358,12 @@ pub struct Book {
     pub note: Option<Reason>,
 }
 // Bookings of one practitioner-day race on its calendar stream.
-command!(Book, "bookAppointment", books, book, |c, ctx| Some(calendar_stream(
-    c.practitioner_id,
-    c.start.with_timezone(&ctx.time_zone).date_naive()
-)));
+command!(Book, "bookAppointment", books, book, |c, ctx| Some(
+    calendar_stream(
+        c.practitioner_id,
+        c.start.with_timezone(&ctx.time_zone).date_naive()
+    )
+));
 
 impl Book {
     async fn decide_with(

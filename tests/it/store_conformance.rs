@@ -128,10 +128,17 @@ async fn an_event_stored_in_an_old_schema_version_is_read_in_the_current_one<S: 
     let mut old = event("AppointmentBooked", 1);
     old.schema_version = 1;
     old.payload = v1_payload.clone();
-    append_ok(store, request(tenant, vec![stream("appointment-old", 0, vec![old])])).await;
+    append_ok(
+        store,
+        request(tenant, vec![stream("appointment-old", 0, vec![old])]),
+    )
+    .await;
 
     let stored = stream_events(store, tenant, "appointment-old").await;
-    assert_eq!(stored[0].schema_version, 1, "the store keeps what was written");
+    assert_eq!(
+        stored[0].schema_version, 1,
+        "the store keeps what was written"
+    );
     assert_eq!(stored[0].payload, v1_payload);
     let decoded: AppointmentEvent = buktor::app::decode_event(&stored[0]).expect("upcast");
     match decoded {

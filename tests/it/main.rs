@@ -1,0 +1,9 @@
+mod store_conformance;
+mod support;
+
+mod api_bad_input;
+mod api_booking;
+mod api_concurrency;
+mod api_restart;
+mod api_security;
+mod server;

@@ -82,14 +82,14 @@ impl RegisterPractitioner {
     ) -> AppResult<Decided> {
         let id = self.id.unwrap_or(PractitionerId::from_uuid(new_id));
         let stream = stream_id::<Practitioner>(id);
-        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
-        let events = current.state.register(id, self.details.clone())?;
-        Ok(Decided {
-            id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.practitioners
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.practitioners,
+            stream,
+            id.as_uuid(),
+            |state| state.register(id, self.details.clone()),
+        )
+        .await
     }
 }
 
@@ -113,14 +113,14 @@ impl UpdatePractitioner {
         _: Uuid,
     ) -> AppResult<Decided> {
         let stream = stream_id::<Practitioner>(self.id);
-        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
-        let events = current.state.update(self.id, self.details.clone())?;
-        Ok(Decided {
-            id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.practitioners
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.practitioners,
+            stream,
+            self.id.as_uuid(),
+            |state| state.update(self.id, self.details.clone()),
+        )
+        .await
     }
 }
 
@@ -144,14 +144,14 @@ impl SetPractitionerActive {
         _: Uuid,
     ) -> AppResult<Decided> {
         let stream = stream_id::<Practitioner>(self.id);
-        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
-        let events = current.state.set_active(self.id, self.active)?;
-        Ok(Decided {
-            id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.practitioners
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.practitioners,
+            stream,
+            self.id.as_uuid(),
+            |state| state.set_active(self.id, self.active),
+        )
+        .await
     }
 }
 
@@ -172,14 +172,14 @@ impl DefineService {
         let id = self.id.unwrap_or(ServiceId::from_uuid(new_id));
         s.ensure_practitioners_exist(ctx, &self.details).await?;
         let stream = stream_id::<Service>(id);
-        let current = s.load(ctx.tenant, &s.services, &stream).await?;
-        let events = current.state.define(id, self.details.clone())?;
-        Ok(Decided {
-            id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.services
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.services,
+            stream,
+            id.as_uuid(),
+            |state| state.define(id, self.details.clone()),
+        )
+        .await
     }
 }
 
@@ -199,14 +199,14 @@ impl UpdateService {
     ) -> AppResult<Decided> {
         s.ensure_practitioners_exist(ctx, &self.details).await?;
         let stream = stream_id::<Service>(self.id);
-        let current = s.load(ctx.tenant, &s.services, &stream).await?;
-        let events = current.state.update(self.id, self.details.clone())?;
-        Ok(Decided {
-            id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.services
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.services,
+            stream,
+            self.id.as_uuid(),
+            |state| state.update(self.id, self.details.clone()),
+        )
+        .await
     }
 }
 
@@ -230,14 +230,14 @@ impl SetServiceActive {
         _: Uuid,
     ) -> AppResult<Decided> {
         let stream = stream_id::<Service>(self.id);
-        let current = s.load(ctx.tenant, &s.services, &stream).await?;
-        let events = current.state.set_active(self.id, self.active)?;
-        Ok(Decided {
-            id: self.id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.services
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.services,
+            stream,
+            self.id.as_uuid(),
+            |state| state.set_active(self.id, self.active),
+        )
+        .await
     }
 }
 
@@ -263,18 +263,14 @@ impl SetWeeklyRules {
         let stream = s
             .schedule_stream_of_existing(ctx, self.practitioner_id)
             .await?;
-        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
-        let events = current.state.set_weekly_rules(
-            self.practitioner_id,
-            ctx.time_zone,
-            self.rules.clone(),
-        )?;
-        Ok(Decided {
-            id: self.practitioner_id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.schedules
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.schedules,
+            stream,
+            self.practitioner_id.as_uuid(),
+            |state| state.set_weekly_rules(self.practitioner_id, ctx.time_zone, self.rules.clone()),
+        )
+        .await
     }
 }
 
@@ -300,16 +296,14 @@ impl AddScheduleException {
         let stream = s
             .schedule_stream_of_existing(ctx, self.practitioner_id)
             .await?;
-        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
-        let events = current
-            .state
-            .add_exception(self.practitioner_id, self.exception.clone())?;
-        Ok(Decided {
-            id: self.exception.id,
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.schedules
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.schedules,
+            stream,
+            self.exception.id,
+            |state| state.add_exception(self.practitioner_id, self.exception.clone()),
+        )
+        .await
     }
 }
 
@@ -335,16 +329,14 @@ impl RemoveScheduleException {
         let stream = s
             .schedule_stream_of_existing(ctx, self.practitioner_id)
             .await?;
-        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
-        let events = current
-            .state
-            .remove_exception(self.practitioner_id, self.exception_id)?;
-        Ok(Decided {
-            id: self.exception_id,
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.schedules
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.schedules,
+            stream,
+            self.exception_id,
+            |state| state.remove_exception(self.practitioner_id, self.exception_id),
+        )
+        .await
     }
 }
 
@@ -626,6 +618,27 @@ impl RecordAttendance {
 }
 
 impl Scheduler {
+    /// Decides a command that changes only the one stream it loads.
+    async fn decide_on<A>(
+        &self,
+        ctx: &CommandContext,
+        cache: fn(&Scheduler) -> &super::cache::AggregateCache<A>,
+        stream: String,
+        id: Uuid,
+        decide: impl FnOnce(&A) -> buktor_domain::DomainResult<Vec<A::Event>>,
+    ) -> AppResult<Decided>
+    where
+        A: buktor_domain::Aggregate + Send + 'static,
+        A::Event: Send + 'static,
+    {
+        let current = self.load(ctx.tenant, cache(self), &stream).await?;
+        let events = decide(&current.state)?;
+        Ok(Decided {
+            id,
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, cache)],
+        })
+    }
+
     async fn ensure_practitioners_exist(
         &self,
         ctx: &CommandContext,

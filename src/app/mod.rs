@@ -272,15 +272,6 @@ impl Scheduler {
             });
         }
         let request_hash = request_hash(C::NAME, command);
-        let _turn = match command.contention_key(ctx) {
-            Some(key) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::hash::Hash::hash(&(ctx.tenant, key), &mut h);
-                let stripe = std::hash::Hasher::finish(&h) as usize % self.stripes.len();
-                Some(self.stripes[stripe].lock().await)
-            }
-            None => None,
-        };
         // The idempotency key is checked lazily: a repeat of a command that
         // was applied either fails to decide (its own effect is in the way:
         // the slot is taken, the appointment is already cancelled) or fails
@@ -306,6 +297,9 @@ impl Scheduler {
     ) -> AppResult<CommandOutcome> {
         let causation_id = Uuid::now_v7();
         let new_id = Uuid::now_v7();
+        // Taken only after losing a race once: uncontended commands and
+        // read-only refusals (SLOT_TAKEN) never wait for it.
+        let mut turn = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let decided = command.decide(self, ctx, new_id).await?;
             let Decided { id, streams } = decided;
@@ -372,6 +366,12 @@ impl Scheduler {
                 Err(StoreError::VersionConflict { stream_id, .. }) => {
                     self.metrics.conflicts.inc();
                     tracing::debug!(command = C::NAME, %stream_id, attempt, "stream moved, deciding again");
+                    if turn.is_none() {
+                        if let Some(stripe) = self.stripe_of(ctx, command) {
+                            turn = Some(self.stripes[stripe].lock().await);
+                            continue;
+                        }
+                    }
                     let ceiling_us = (250u64 << attempt.min(7)).min(30_000);
                     let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ceiling_us);
                     tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
@@ -425,6 +425,13 @@ impl Scheduler {
             position: stored.iter().map(|e| e.position).max(),
             events: stored.len(),
         })
+    }
+
+    fn stripe_of<C: Command>(&self, ctx: &CommandContext, command: &C) -> Option<usize> {
+        let key = command.contention_key(ctx)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(ctx.tenant, key), &mut h);
+        Some(std::hash::Hasher::finish(&h) as usize % self.stripes.len())
     }
 
     /// The outcome of an earlier command with this idempotency key, if there was one.

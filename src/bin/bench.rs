@@ -31,6 +31,15 @@
 //! appends refused because a stream moved and then decided again
 //! (`buktor_store_version_conflicts_total`); the peer cannot retry, so its
 //! `conflicts` are failed commands.
+//!
+//! After the peer-shaped line come `stats:` (the cluster's WAL range of the
+//! booking phase, for `pg_waldump --stats=record`, WAL bytes per command and
+//! this process's CPU time) and `verify:`; the exit code is 1 if any command
+//! failed or the check did not pass. Diagnostics, off by default:
+//! `BUKTOR_BENCH_STORE_STATS=1` counts and times the store calls of the
+//! booking phase (`store:` line); `BUKTOR_BENCH_ANALYZE=1` runs `ANALYZE`
+//! after the setup. Session settings go in the URL, e.g.
+//! `?options=-c%20log_min_duration_statement%3D0`.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

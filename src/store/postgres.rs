@@ -1,12 +1,26 @@
 //! PostgreSQL backend: many concurrent writers, one global order per tenant
 //! that followers can trust.
 //!
-//! Layout of the hot path: [`EventStore::append`] is one prepared statement
-//! (one round trip, no explicit transaction). It checks that every stream is
-//! at its expected version, inserts the idempotency claim and all events, and
-//! returns their positions. Optimistic concurrency rests on the primary key
-//! `(tenant_id, stream_id, version)`: two writers cannot both add version N,
-//! and the loser waits only on that one key, never on a wider lock.
+//! Layout of the hot path: [`EventStore::append`] hands the request to a
+//! bounded queue served by a few committer tasks (group commit, below). A
+//! request alone is written by one prepared statement, [`APPEND_SQL`]: it
+//! checks that every stream is at its expected version, inserts the
+//! idempotency claim and all events, and returns their positions. Optimistic
+//! concurrency rests on the primary key `(tenant_id, stream_id, version)`:
+//! two writers cannot both add version N, and the loser waits only on that
+//! one key, never on a wider lock.
+//!
+//! Group commit: a durable commit costs a WAL flush and a transaction's
+//! worth of CPU, so one commit per append caps a 2-core server at a few
+//! thousand appends per second. Each committer takes the next request,
+//! drains whatever else is queued (up to [`GroupCommit::max_batch`]) and
+//! writes the batch in one transaction and one round trip, the function
+//! `buktor_append_batch` (`migrations/postgres/0002_group_commit.sql`).
+//! Every caller still gets exactly what a lone append would give it: a
+//! conflicting or invalid request is rolled back in a subtransaction of its
+//! own and the rest of its batch is written. Committers keep their own
+//! connections (beside the pool), in REPEATABLE READ: see the migration for
+//! why the global order needs that.
 //!
 //! Global order: every event records the id of the transaction that wrote it
 //! (`tx_id xid8 DEFAULT pg_current_xact_id()`). [`EventStore::read_all`] only
@@ -25,15 +39,20 @@
 //! Deadlocks: two appends that take the same two streams in opposite orders
 //! can deadlock on each other's new versions; PostgreSQL fails one, reported
 //! as a [`StoreError::VersionConflict`]. Listing streams in a consistent
-//! order avoids it.
+//! order avoids it. Two batches in flight at once can also deadlock when
+//! requests of each wait on the other's (after `deadlock_timeout`, 1 s by
+//! default); the request that got the error is rolled back alone and
+//! appended again by itself once its batch has committed.
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use buktor_domain::{Role, TenantId};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
 use super::{
@@ -43,10 +62,16 @@ use super::{
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 /// Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_event_store",
-    include_str!("../../migrations/postgres/0001_event_store.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_event_store",
+        include_str!("../../migrations/postgres/0001_event_store.sql"),
+    ),
+    (
+        "0002_group_commit",
+        include_str!("../../migrations/postgres/0002_group_commit.sql"),
+    ),
+];
 
 /// Key of the transaction-scoped advisory lock that serializes migrations of
 /// server instances starting at the same time ("buktor-m" in ASCII).
@@ -114,25 +139,81 @@ FROM behind b
 ORDER BY 2
 "#;
 
+/// The most requests one group-commit transaction takes: each committed
+/// request is a subtransaction, and more than 64 of them in one transaction
+/// overflow its subtransaction cache, which slows every session's snapshots
+/// on the cluster.
+pub const MAX_BATCH: usize = 64;
+
+/// How [`EventStore::append`] groups requests into transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Committer tasks, each with a connection of its own (beside the
+    /// pool): how many batches can be in flight at once. While one waits for
+    /// its commit to reach the disk, another fills and writes the next.
+    pub committers: usize,
+    /// Requests per transaction, 1 to [`MAX_BATCH`].
+    pub max_batch: usize,
+    /// Requests waiting for a committer before `append` itself waits.
+    pub queue: usize,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            committers: 2,
+            max_batch: MAX_BATCH,
+            queue: 1024,
+        }
+    }
+}
+
 /// [`EventStore`] and [`Directory`] on PostgreSQL (15 or later).
+///
+/// Clones share the pool and the committers. The committers stop once every
+/// clone is dropped, after writing what was already queued.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    /// The committers' queue (see [`GroupCommit`]).
+    appends: mpsc::Sender<PendingAppend>,
+    /// For the committers' own connections.
+    config: tokio_postgres::Config,
 }
 
 impl PostgresStore {
-    /// Connects a pool of at most `pool_size` connections and checks that the
-    /// database answers. Does not migrate: call [`PostgresStore::migrate`].
+    /// Connects a pool of at most `pool_size` connections, checks that the
+    /// database answers and starts the committers with the default
+    /// [`GroupCommit`]. Does not migrate: call [`PostgresStore::migrate`].
     pub async fn connect(url: &str, pool_size: usize) -> StoreResult<Self> {
-        if pool_size == 0 {
-            return Err(StoreError::backend(std::io::Error::new(
+        Self::connect_with(url, pool_size, GroupCommit::default()).await
+    }
+
+    /// [`PostgresStore::connect`] with a chosen group commit. The store
+    /// opens up to `pool_size + group.committers` connections.
+    pub async fn connect_with(
+        url: &str,
+        pool_size: usize,
+        group: GroupCommit,
+    ) -> StoreResult<Self> {
+        let invalid = |why: &str| {
+            Err(StoreError::backend(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "PostgreSQL pool size must be at least 1",
-            )));
+                why.to_owned(),
+            )))
+        };
+        if pool_size == 0 {
+            return invalid("PostgreSQL pool size must be at least 1");
+        }
+        if group.committers == 0 || group.queue == 0 {
+            return invalid("group commit needs at least one committer and a queue");
+        }
+        if !(1..=MAX_BATCH).contains(&group.max_batch) {
+            return invalid("group commit batches take 1 to 64 requests");
         }
         let config: tokio_postgres::Config = url.parse().map_err(StoreError::backend)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -142,8 +223,22 @@ impl PostgresStore {
             .max_size(pool_size)
             .build()
             .map_err(StoreError::backend)?;
-        let store = PostgresStore { pool };
+        let mut committer_config = config;
+        if committer_config.get_application_name().is_none() {
+            committer_config.application_name(COMMITTER_APPLICATION_NAME);
+        }
+        let (appends, queue) = mpsc::channel(group.queue);
+        let store = PostgresStore {
+            pool,
+            appends,
+            config: committer_config.clone(),
+        };
         store.ping().await?;
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..group.committers {
+            let committer = Committer::new(committer_config.clone());
+            tokio::spawn(committer.run(Arc::clone(&queue), group.max_batch));
+        }
         Ok(store)
     }
 
@@ -202,6 +297,38 @@ impl PostgresStore {
         client.execute(sql, &[]).await.map_err(map_db)
     }
 
+    /// Writes `requests` as one group-commit batch on a connection of its
+    /// own, past the queue, so that tests can choose what shares a batch.
+    /// Returns each request's result, in order. At most [`MAX_BATCH`].
+    #[doc(hidden)]
+    pub async fn append_batch_for_tests(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<StoreResult<Vec<RecordedEvent>>> {
+        assert!(
+            requests.len() <= MAX_BATCH,
+            "a batch takes at most {MAX_BATCH}"
+        );
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (reply, answer) = oneshot::channel();
+            match request.validate() {
+                Ok(()) => batch.push(PendingAppend { request, reply }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            answers.push(answer);
+        }
+        Committer::new(self.config.clone()).commit(batch).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or_else(|_| Err(committers_stopped())));
+        }
+        results
+    }
+
     async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
         self.pool.get().await.map_err(map_pool)
     }
@@ -222,111 +349,12 @@ impl PostgresStore {
 impl EventStore for PostgresStore {
     async fn append(&self, request: AppendRequest) -> StoreResult<Vec<RecordedEvent>> {
         request.validate()?;
-        let event_count: usize = request.streams.iter().map(|s| s.events.len()).sum();
-        let mut stream_ids: Vec<&str> = Vec::with_capacity(event_count);
-        let mut versions: Vec<i64> = Vec::with_capacity(event_count);
-        let mut event_ids: Vec<Uuid> = Vec::with_capacity(event_count);
-        let mut event_types: Vec<&str> = Vec::with_capacity(event_count);
-        let mut schema_versions: Vec<i32> = Vec::with_capacity(event_count);
-        let mut payloads: Vec<&serde_json::Value> = Vec::with_capacity(event_count);
-        let mut metadatas: Vec<&serde_json::Value> = Vec::with_capacity(event_count);
-        let mut expected_streams: Vec<&str> = Vec::with_capacity(request.streams.len());
-        let mut expected_versions: Vec<i64> = Vec::with_capacity(request.streams.len());
-        for stream in &request.streams {
-            expected_streams.push(&stream.stream_id);
-            expected_versions.push(stream.expected_version);
-            for (version, event) in (stream.expected_version + 1..).zip(&stream.events) {
-                stream_ids.push(&stream.stream_id);
-                versions.push(version);
-                event_ids.push(event.event_id);
-                event_types.push(&event.event_type);
-                schema_versions.push(event.schema_version);
-                payloads.push(&event.payload);
-                metadatas.push(&event.metadata);
-            }
-        }
-        let claim = request.idempotency.as_ref();
-        let claim_key = claim.map(|c| c.key.as_str());
-        let claim_hash = claim.map(|c| c.request_hash.as_str());
-        let claim_response = claim.map(|c| &c.response);
-        let tenant = request.tenant.as_uuid();
-
-        let client = self.client().await?;
-        let statement = client.prepare_cached(APPEND_SQL).await.map_err(map_db)?;
-        let result = client
-            .query(
-                &statement,
-                &[
-                    &tenant,
-                    &stream_ids,
-                    &versions,
-                    &event_ids,
-                    &event_types,
-                    &schema_versions,
-                    &payloads,
-                    &metadatas,
-                    &expected_streams,
-                    &expected_versions,
-                    &claim_key,
-                    &claim_hash,
-                    &claim_response,
-                ],
-            )
-            .await;
-        drop(client);
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(e) => return Err(map_append_error(e, &request)),
-        };
-
-        if let Some(row) = rows.iter().find(|row| row.get::<_, bool>(0)) {
-            let stream_id: String = row.get(2);
-            let expected_version: i64 = row.get(3);
-            return Err(StoreError::VersionConflict {
-                stream_id,
-                expected_version,
-            });
-        }
-        if rows.len() != event_count {
-            return Err(StoreError::Corrupt(format!(
-                "append of {event_count} events returned {} rows",
-                rows.len()
-            )));
-        }
-
-        let mut recorded = Vec::with_capacity(event_count);
-        let mut rows = rows.iter();
-        for stream in request.streams {
-            for (version, event) in (stream.expected_version + 1..).zip(stream.events) {
-                let row = rows.next().ok_or_else(|| {
-                    StoreError::Corrupt("append returned fewer rows than events".into())
-                })?;
-                let row_stream: &str = row.get(2);
-                let row_version: i64 = row.get(3);
-                if row_stream != stream.stream_id || row_version != version {
-                    return Err(StoreError::Corrupt(format!(
-                        "append returned {row_stream}@{row_version} where {}@{version} was expected",
-                        stream.stream_id
-                    )));
-                }
-                recorded.push(RecordedEvent {
-                    tenant: request.tenant,
-                    stream_id: stream.stream_id.clone(),
-                    version,
-                    position: Position {
-                        tx: row.get(5),
-                        seq: row.get(4),
-                    },
-                    event_id: event.event_id,
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    payload: event.payload,
-                    metadata: event.metadata,
-                    recorded_at: row.get(6),
-                });
-            }
-        }
-        Ok(recorded)
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(PendingAppend { request, reply })
+            .await
+            .map_err(|_| committers_stopped())?;
+        answer.await.map_err(|_| committers_stopped())?
     }
 
     async fn read_stream(
@@ -558,6 +586,497 @@ impl Directory for PostgresStore {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Group commit
+
+/// The batch function's call; one row per request, see the migration.
+const APPEND_BATCH_SQL: &str = "\
+    SELECT r_req, r_status, r_seqs, r_tx, r_at, r_stream, r_version, r_constraint, r_detail \
+    FROM buktor_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// How the committers' connections show in `pg_stat_activity` (unless the
+/// URL names an application).
+pub const COMMITTER_APPLICATION_NAME: &str = "buktor-append-committer";
+
+/// An append waiting for a committer, and where its result goes.
+struct PendingAppend {
+    request: AppendRequest,
+    reply: oneshot::Sender<StoreResult<Vec<RecordedEvent>>>,
+}
+
+type AppendQueue = Arc<Mutex<mpsc::Receiver<PendingAppend>>>;
+
+fn committers_stopped() -> StoreError {
+    StoreError::backend(std::io::Error::other(
+        "the PostgreSQL append committers have stopped",
+    ))
+}
+
+/// Answers every request of a batch with the same backend error: the
+/// connection failed, so none of them was committed (or, if it failed
+/// during the commit, none is known to be).
+fn fail_all(batch: Vec<PendingAppend>, e: tokio_postgres::Error) {
+    let e = Arc::new(e);
+    for pending in batch {
+        let _ = pending.reply.send(Err(StoreError::backend(Arc::clone(&e))));
+    }
+}
+
+/// One committer task: takes batches off the shared queue and writes each
+/// in one transaction on its own connection, reconnecting when it breaks.
+struct Committer {
+    config: tokio_postgres::Config,
+    session: Option<Session>,
+}
+
+/// A committer's connection and its prepared statements.
+struct Session {
+    client: Client,
+    single: Statement,
+    /// Prepared on first use: a database migrated by an older server has no
+    /// batch function yet (then every batch is appended request by request).
+    batch: Option<Statement>,
+}
+
+/// What the batch function said about one request.
+enum BatchOutcome {
+    Done(StoreResult<Vec<RecordedEvent>>),
+    /// Rolled back for a reason only the single statement can report
+    /// exactly: append it again by itself.
+    Again(AppendRequest),
+}
+
+impl Committer {
+    fn new(config: tokio_postgres::Config) -> Self {
+        Committer {
+            config,
+            session: None,
+        }
+    }
+
+    /// Serves the queue until every sender is gone and it is empty. Takes
+    /// what is queued, up to `max_batch`, as one batch: under load batches
+    /// grow by themselves, alone a request is written at once.
+    async fn run(mut self, queue: AppendQueue, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        loop {
+            // The lock only orders the committers' turns at the queue; it is
+            // released before the batch is written.
+            let received = queue.lock().await.recv_many(&mut batch, max_batch).await;
+            if received == 0 {
+                break;
+            }
+            self.commit(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Writes a batch and answers every request in it.
+    async fn commit(&mut self, mut batch: Vec<PendingAppend>) {
+        // A caller that gave up before its request was sent gets nothing
+        // written, as if it had never asked.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        tracing::trace!(requests = batch.len(), "group commit");
+        let session = match self.session().await {
+            Ok(session) => session,
+            Err(e) => return fail_all(batch, e),
+        };
+        if batch.len() == 1 {
+            for pending in batch {
+                let result = session.append_one(pending.request).await;
+                let _ = pending.reply.send(result);
+            }
+        } else {
+            session.append_batch(batch).await;
+        }
+        if session.client.is_closed() {
+            self.session = None;
+        }
+    }
+
+    async fn session(&mut self) -> Result<&mut Session, tokio_postgres::Error> {
+        let session = match self.session.take() {
+            Some(session) if !session.client.is_closed() => session,
+            _ => Session::open(&self.config).await?,
+        };
+        Ok(self.session.insert(session))
+    }
+}
+
+impl Session {
+    async fn open(config: &tokio_postgres::Config) -> Result<Session, tokio_postgres::Error> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "an append committer's connection failed");
+            }
+        });
+        // One snapshot per batch, taken before the transaction has an id
+        // (see the migration); a lone statement reads one snapshot anyway.
+        client
+            .batch_execute(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            )
+            .await?;
+        let single = client.prepare(APPEND_SQL).await?;
+        Ok(Session {
+            client,
+            single,
+            batch: None,
+        })
+    }
+
+    /// One request, one statement, one transaction.
+    async fn append_one(&self, request: AppendRequest) -> StoreResult<Vec<RecordedEvent>> {
+        let event_count: usize = request.streams.iter().map(|s| s.events.len()).sum();
+        let mut stream_ids: Vec<&str> = Vec::with_capacity(event_count);
+        let mut versions: Vec<i64> = Vec::with_capacity(event_count);
+        let mut event_ids: Vec<Uuid> = Vec::with_capacity(event_count);
+        let mut event_types: Vec<&str> = Vec::with_capacity(event_count);
+        let mut schema_versions: Vec<i32> = Vec::with_capacity(event_count);
+        let mut payloads: Vec<&serde_json::Value> = Vec::with_capacity(event_count);
+        let mut metadatas: Vec<&serde_json::Value> = Vec::with_capacity(event_count);
+        let mut expected_streams: Vec<&str> = Vec::with_capacity(request.streams.len());
+        let mut expected_versions: Vec<i64> = Vec::with_capacity(request.streams.len());
+        for stream in &request.streams {
+            expected_streams.push(&stream.stream_id);
+            expected_versions.push(stream.expected_version);
+            for (version, event) in (stream.expected_version + 1..).zip(&stream.events) {
+                stream_ids.push(&stream.stream_id);
+                versions.push(version);
+                event_ids.push(event.event_id);
+                event_types.push(&event.event_type);
+                schema_versions.push(event.schema_version);
+                payloads.push(&event.payload);
+                metadatas.push(&event.metadata);
+            }
+        }
+        let claim = request.idempotency.as_ref();
+        let claim_key = claim.map(|c| c.key.as_str());
+        let claim_hash = claim.map(|c| c.request_hash.as_str());
+        let claim_response = claim.map(|c| &c.response);
+        let tenant = request.tenant.as_uuid();
+
+        let result = self
+            .client
+            .query(
+                &self.single,
+                &[
+                    &tenant,
+                    &stream_ids,
+                    &versions,
+                    &event_ids,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                    &metadatas,
+                    &expected_streams,
+                    &expected_versions,
+                    &claim_key,
+                    &claim_hash,
+                    &claim_response,
+                ],
+            )
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => return Err(map_append_error(e, &request)),
+        };
+
+        if let Some(row) = rows.iter().find(|row| row.get::<_, bool>(0)) {
+            let stream_id: String = row.get(2);
+            let expected_version: i64 = row.get(3);
+            return Err(StoreError::VersionConflict {
+                stream_id,
+                expected_version,
+            });
+        }
+        if rows.len() != event_count {
+            return Err(StoreError::Corrupt(format!(
+                "append of {event_count} events returned {} rows",
+                rows.len()
+            )));
+        }
+
+        let mut recorded = Vec::with_capacity(event_count);
+        let mut rows = rows.iter();
+        for stream in request.streams {
+            for (version, event) in (stream.expected_version + 1..).zip(stream.events) {
+                let row = rows.next().ok_or_else(|| {
+                    StoreError::Corrupt("append returned fewer rows than events".into())
+                })?;
+                let row_stream: &str = row.get(2);
+                let row_version: i64 = row.get(3);
+                if row_stream != stream.stream_id || row_version != version {
+                    return Err(StoreError::Corrupt(format!(
+                        "append returned {row_stream}@{row_version} where {}@{version} was expected",
+                        stream.stream_id
+                    )));
+                }
+                recorded.push(RecordedEvent {
+                    tenant: request.tenant,
+                    stream_id: stream.stream_id.clone(),
+                    version,
+                    position: Position {
+                        tx: row.get(5),
+                        seq: row.get(4),
+                    },
+                    event_id: event.event_id,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
+                    recorded_at: row.get(6),
+                });
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Several requests in one transaction; answers each.
+    async fn append_batch(&mut self, batch: Vec<PendingAppend>) {
+        let rows = match self.call_batch(&batch).await {
+            Ok(rows) => rows,
+            Err(e) if e.as_db_error().is_some() && !self.client.is_closed() => {
+                // The database refused the whole call (the function is
+                // missing, a value it cannot take...): nothing was written,
+                // so each request goes again by itself and gets its own answer.
+                tracing::warn!(
+                    error = %e,
+                    requests = batch.len(),
+                    "a group-commit batch failed; appending its requests one by one"
+                );
+                for pending in batch {
+                    let result = self.append_one(pending.request).await;
+                    let _ = pending.reply.send(result);
+                }
+                return;
+            }
+            Err(e) => return fail_all(batch, e),
+        };
+
+        let mut rows = rows.into_iter();
+        let mut again = Vec::new();
+        for (index, PendingAppend { request, reply }) in batch.into_iter().enumerate() {
+            let outcome = match rows.next() {
+                Some(row) => batch_outcome(&row, index, request),
+                None => BatchOutcome::Done(Err(StoreError::Corrupt(format!(
+                    "the append batch returned no row for request {}",
+                    index + 1
+                )))),
+            };
+            match outcome {
+                BatchOutcome::Done(result) => {
+                    let _ = reply.send(result);
+                }
+                BatchOutcome::Again(request) => again.push(PendingAppend { request, reply }),
+            }
+        }
+        for pending in again {
+            let result = self.append_one(pending.request).await;
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    async fn call_batch(
+        &mut self,
+        batch: &[PendingAppend],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = match &self.batch {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self.client.prepare(APPEND_BATCH_SQL).await?;
+                self.batch = Some(statement.clone());
+                statement
+            }
+        };
+        let requests = batch.len();
+        let streams: usize = batch.iter().map(|p| p.request.streams.len()).sum();
+        let events: usize = batch
+            .iter()
+            .flat_map(|p| &p.request.streams)
+            .map(|s| s.events.len())
+            .sum();
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+
+        let mut tenants: Vec<Uuid> = Vec::with_capacity(requests);
+        let mut stream_counts: Vec<i32> = Vec::with_capacity(requests);
+        let mut event_counts: Vec<i32> = Vec::with_capacity(requests);
+        let mut claim_keys: Vec<Option<&str>> = Vec::with_capacity(requests);
+        let mut claim_hashes: Vec<Option<&str>> = Vec::with_capacity(requests);
+        let mut claim_responses: Vec<Option<&serde_json::Value>> = Vec::with_capacity(requests);
+        let mut stream_reqs: Vec<i32> = Vec::with_capacity(streams);
+        let mut stream_ids: Vec<&str> = Vec::with_capacity(streams);
+        let mut expected: Vec<i64> = Vec::with_capacity(streams);
+        let mut event_reqs: Vec<i32> = Vec::with_capacity(events);
+        let mut event_streams: Vec<&str> = Vec::with_capacity(events);
+        let mut versions: Vec<i64> = Vec::with_capacity(events);
+        let mut event_ids: Vec<Uuid> = Vec::with_capacity(events);
+        let mut event_types: Vec<&str> = Vec::with_capacity(events);
+        let mut schema_versions: Vec<i32> = Vec::with_capacity(events);
+        let mut payloads: Vec<&serde_json::Value> = Vec::with_capacity(events);
+        let mut metadatas: Vec<&serde_json::Value> = Vec::with_capacity(events);
+        // All in one statement only if no two requests share a stream: a
+        // statement does not see its own rows, so a request that expects
+        // the version another one writes would look behind.
+        let mut seen: HashSet<(Uuid, &str)> = HashSet::with_capacity(streams);
+        let mut together = true;
+
+        for (index, pending) in batch.iter().enumerate() {
+            let request = &pending.request;
+            let req = count(index + 1);
+            let tenant = request.tenant.as_uuid();
+            tenants.push(tenant);
+            stream_counts.push(count(request.streams.len()));
+            event_counts.push(count(request.streams.iter().map(|s| s.events.len()).sum()));
+            let claim = request.idempotency.as_ref();
+            claim_keys.push(claim.map(|c| c.key.as_str()));
+            claim_hashes.push(claim.map(|c| c.request_hash.as_str()));
+            claim_responses.push(claim.map(|c| &c.response));
+            for stream in &request.streams {
+                together &= seen.insert((tenant, stream.stream_id.as_str()));
+                stream_reqs.push(req);
+                stream_ids.push(&stream.stream_id);
+                expected.push(stream.expected_version);
+                for (version, event) in (stream.expected_version + 1..).zip(&stream.events) {
+                    event_reqs.push(req);
+                    event_streams.push(&stream.stream_id);
+                    versions.push(version);
+                    event_ids.push(event.event_id);
+                    event_types.push(&event.event_type);
+                    schema_versions.push(event.schema_version);
+                    payloads.push(&event.payload);
+                    metadatas.push(&event.metadata);
+                }
+            }
+        }
+
+        self.client
+            .query(
+                &statement,
+                &[
+                    &together,
+                    &tenants,
+                    &stream_counts,
+                    &event_counts,
+                    &claim_keys,
+                    &claim_hashes,
+                    &claim_responses,
+                    &stream_reqs,
+                    &stream_ids,
+                    &expected,
+                    &event_reqs,
+                    &event_streams,
+                    &versions,
+                    &event_ids,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                    &metadatas,
+                ],
+            )
+            .await
+    }
+}
+
+/// Reads the batch function's row for the request at `index`.
+fn batch_outcome(row: &Row, index: usize, request: AppendRequest) -> BatchOutcome {
+    let corrupt = |why: String| BatchOutcome::Done(Err(StoreError::Corrupt(why)));
+    let decoded = (|| -> Result<_, tokio_postgres::Error> {
+        Ok((
+            row.try_get::<_, i32>(0)?,
+            row.try_get::<_, i16>(1)?,
+            row.try_get::<_, Option<Vec<i64>>>(2)?,
+            row.try_get::<_, Option<i64>>(3)?,
+            row.try_get::<_, Option<DateTime<Utc>>>(4)?,
+            row.try_get::<_, Option<String>>(5)?,
+            row.try_get::<_, Option<i64>>(6)?,
+            row.try_get::<_, Option<String>>(7)?,
+            row.try_get::<_, Option<String>>(8)?,
+        ))
+    })();
+    let (req, status, seqs, tx, at, stream, version, constraint, detail) = match decoded {
+        Ok(columns) => columns,
+        Err(e) => return corrupt(format!("the append batch returned an unreadable row: {e}")),
+    };
+    if usize::try_from(req).ok() != Some(index + 1) {
+        return corrupt(format!(
+            "the append batch answered request {req} where {} was expected",
+            index + 1
+        ));
+    }
+    match status {
+        0 => BatchOutcome::Done(recorded_events(request, &seqs.unwrap_or_default(), tx, at)),
+        1 => match (stream, version) {
+            (Some(stream_id), Some(expected_version)) => {
+                BatchOutcome::Done(Err(StoreError::VersionConflict {
+                    stream_id,
+                    expected_version,
+                }))
+            }
+            _ => corrupt("the append batch reported a conflict without its stream".into()),
+        },
+        2 => match map_unique_violation(constraint.as_deref(), detail.as_deref(), &request) {
+            Some(e) => BatchOutcome::Done(Err(e)),
+            None => BatchOutcome::Again(request),
+        },
+        3 => {
+            tracing::debug!(
+                error = detail.as_deref().unwrap_or_default(),
+                "an append in a batch failed; appending it alone"
+            );
+            BatchOutcome::Again(request)
+        }
+        other => corrupt(format!("the append batch returned status {other}")),
+    }
+}
+
+/// A written request's events, with the `seq`s the batch gave them in order.
+fn recorded_events(
+    request: AppendRequest,
+    seqs: &[i64],
+    tx: Option<i64>,
+    recorded_at: Option<DateTime<Utc>>,
+) -> StoreResult<Vec<RecordedEvent>> {
+    let count: usize = request.streams.iter().map(|s| s.events.len()).sum();
+    if seqs.len() != count {
+        return Err(StoreError::Corrupt(format!(
+            "append of {count} events returned {} positions",
+            seqs.len()
+        )));
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let (Some(tx), Some(recorded_at)) = (tx, recorded_at) else {
+        return Err(StoreError::Corrupt(
+            "the append batch wrote events without a transaction".into(),
+        ));
+    };
+    let mut seqs = seqs.iter().copied();
+    let mut recorded = Vec::with_capacity(count);
+    for stream in request.streams {
+        for (version, event) in (stream.expected_version + 1..).zip(stream.events) {
+            let seq = seqs.next().unwrap_or_default();
+            recorded.push(RecordedEvent {
+                tenant: request.tenant,
+                stream_id: stream.stream_id.clone(),
+                version,
+                position: Position { tx, seq },
+                event_id: event.event_id,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+                metadata: event.metadata,
+                recorded_at,
+            });
+        }
+    }
+    Ok(recorded)
+}
+
 fn decode_event(row: &Row) -> StoreResult<RecordedEvent> {
     Ok(RecordedEvent {
         tenant: TenantId::from_uuid(row.try_get(0).map_err(map_db)?),
@@ -607,27 +1126,8 @@ fn map_append_error(e: tokio_postgres::Error, request: &AppendRequest) -> StoreE
     };
     let code = db.code();
     if *code == SqlState::UNIQUE_VIOLATION {
-        match db.constraint() {
-            Some(EVENTS_PKEY) => {
-                if let Some(stream) = conflicting_stream(db.detail(), &request.streams) {
-                    return StoreError::VersionConflict {
-                        stream_id: stream.stream_id.clone(),
-                        expected_version: stream.expected_version,
-                    };
-                }
-            }
-            Some(IDEMPOTENCY_PKEY) => {
-                if let Some(claim) = &request.idempotency {
-                    return StoreError::IdempotencyKeyTaken {
-                        key: claim.key.clone(),
-                    };
-                }
-            }
-            Some(EVENTS_EVENT_ID_KEY) => {
-                let id = duplicate_event_id(db.detail(), request);
-                return StoreError::DuplicateEventId(id);
-            }
-            Some(TENANTS_PKEY) | Some(_) | None => {}
+        if let Some(refused) = map_unique_violation(db.constraint(), db.detail(), request) {
+            return refused;
         }
     } else if *code == SqlState::T_R_DEADLOCK_DETECTED {
         // Two appends waited on each other's new versions of the same
@@ -641,6 +1141,36 @@ fn map_append_error(e: tokio_postgres::Error, request: &AppendRequest) -> StoreE
         }
     }
     StoreError::backend(e)
+}
+
+/// What a unique violation of an append means for its caller, from the
+/// constraint and detail the database reported; `None` if it means nothing
+/// the store knows (then it is a backend error).
+fn map_unique_violation(
+    constraint: Option<&str>,
+    detail: Option<&str>,
+    request: &AppendRequest,
+) -> Option<StoreError> {
+    match constraint {
+        Some(EVENTS_PKEY) => {
+            conflicting_stream(detail, &request.streams).map(|stream| StoreError::VersionConflict {
+                stream_id: stream.stream_id.clone(),
+                expected_version: stream.expected_version,
+            })
+        }
+        Some(IDEMPOTENCY_PKEY) => {
+            request
+                .idempotency
+                .as_ref()
+                .map(|claim| StoreError::IdempotencyKeyTaken {
+                    key: claim.key.clone(),
+                })
+        }
+        Some(EVENTS_EVENT_ID_KEY) => Some(StoreError::DuplicateEventId(duplicate_event_id(
+            detail, request,
+        ))),
+        Some(TENANTS_PKEY) | Some(_) | None => None,
+    }
 }
 
 /// The values of a unique-violation detail, `Key (a, b)=(x, y) already exists.`,
@@ -737,5 +1267,103 @@ mod tests {
             Uuid::nil()
         );
         assert_eq!(duplicate_event_id(Some(&detail), &request), id);
+    }
+
+    fn new_event() -> super::super::NewEvent {
+        super::super::NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "E".into(),
+            schema_version: 1,
+            payload: serde_json::json!({}),
+            metadata: serde_json::json!({}),
+        }
+    }
+
+    fn claimed_request() -> AppendRequest {
+        AppendRequest {
+            tenant: TenantId::new(),
+            streams: vec![
+                StreamAppend {
+                    stream_id: "a".into(),
+                    expected_version: 2,
+                    events: vec![new_event(), new_event()],
+                },
+                StreamAppend {
+                    stream_id: "b".into(),
+                    expected_version: 0,
+                    events: vec![new_event()],
+                },
+            ],
+            idempotency: Some(super::super::IdempotencyClaim {
+                key: "k".into(),
+                request_hash: "h".into(),
+                response: serde_json::json!(null),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_unique_violation_in_a_batch_means_what_it_means_alone() {
+        let request = claimed_request();
+        let tenant = request.tenant.as_uuid();
+        let detail =
+            format!("Key (tenant_id, stream_id, version)=({tenant}, b, 1) already exists.");
+        match map_unique_violation(Some(EVENTS_PKEY), Some(&detail), &request) {
+            Some(StoreError::VersionConflict {
+                stream_id,
+                expected_version,
+            }) => assert_eq!((stream_id.as_str(), expected_version), ("b", 0)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            map_unique_violation(Some(IDEMPOTENCY_PKEY), None, &request),
+            Some(StoreError::IdempotencyKeyTaken { key }) if key == "k"
+        ));
+        let id = request.streams[0].events[1].event_id;
+        let detail = format!("Key (tenant_id, event_id)=({tenant}, {id}) already exists.");
+        assert!(matches!(
+            map_unique_violation(Some(EVENTS_EVENT_ID_KEY), Some(&detail), &request),
+            Some(StoreError::DuplicateEventId(dup)) if dup == id
+        ));
+        // Anything else is for the single statement to report.
+        assert!(map_unique_violation(Some("some_other_key"), None, &request).is_none());
+        assert!(map_unique_violation(None, None, &request).is_none());
+    }
+
+    #[test]
+    fn a_written_request_gets_its_positions_in_event_order() {
+        let request = claimed_request();
+        let at = Utc::now();
+        let recorded = recorded_events(request.clone(), &[10, 11, 14], Some(7), Some(at)).unwrap();
+        let got: Vec<(&str, i64, Position)> = recorded
+            .iter()
+            .map(|e| (e.stream_id.as_str(), e.version, e.position))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 3, Position { tx: 7, seq: 10 }),
+                ("a", 4, Position { tx: 7, seq: 11 }),
+                ("b", 1, Position { tx: 7, seq: 14 }),
+            ]
+        );
+        assert!(recorded.iter().all(|e| e.recorded_at == at));
+        assert_eq!(recorded[2].event_id, request.streams[1].events[0].event_id);
+
+        assert!(matches!(
+            recorded_events(request.clone(), &[10, 11], Some(7), Some(at)),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            recorded_events(request, &[10, 11, 14], None, None),
+            Err(StoreError::Corrupt(_))
+        ));
+        let claim_only = AppendRequest {
+            streams: Vec::new(),
+            ..claimed_request()
+        };
+        assert!(recorded_events(claim_only, &[], None, None)
+            .unwrap()
+            .is_empty());
     }
 }

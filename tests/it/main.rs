@@ -1,4 +1,5 @@
 mod store_conformance;
+mod store_group_commit;
 mod support;
 
 mod api_bad_input;

@@ -116,6 +116,9 @@ behind AS (
       AND NOT EXISTS (
           SELECT 1 FROM events e
           WHERE e.tenant_id = $1::uuid AND e.stream_id = s.stream_id AND e.version = s.expected_version
+          -- Keeps this a primary-key probe per stream: without it the planner may
+          -- turn it into an anti-join that scans all of the tenant's events.
+          OFFSET 0
       )
 ),
 claim AS (
@@ -211,7 +214,14 @@ impl PostgresStore {
         if !(1..=MAX_BATCH).contains(&group.max_batch) {
             return invalid("group commit batches take 1 to 64 requests");
         }
-        let config: tokio_postgres::Config = url.parse().map_err(StoreError::backend)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::backend)?;
+        if config.get_options().is_none() {
+            // The hot statements are cached per connection. PostgreSQL would
+            // re-plan them on each execution (their generic cost looks high on
+            // a young table); their plans are key probes whatever the data, so
+            // one generic plan is right and saves the planning CPU each time.
+            config.options("-c plan_cache_mode=force_generic_plan");
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -388,8 +398,11 @@ impl EventStore for PostgresStore {
             "SELECT ",
             event_columns!(),
             " FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS s(stream_id, after_version, ord) \
-             JOIN events e ON e.tenant_id = $1 AND e.stream_id = s.stream_id \
-                          AND e.version > s.after_version \
+             CROSS JOIN LATERAL ( \
+                 SELECT * FROM events x \
+                 WHERE x.tenant_id = $1 AND x.stream_id = s.stream_id AND x.version > s.after_version \
+                 OFFSET 0 \
+             ) e \
              ORDER BY s.ord, e.version"
         );
         self.query_events(SQL, &[&tenant.as_uuid(), &ids, &afters])

@@ -201,6 +201,8 @@ BEGIN
               WHERE e.tenant_id = p_tenants[v_i]
                 AND e.stream_id = s.stream_id
                 AND e.version = s.expected
+              -- A primary-key probe per stream, never an anti-join over the tenant.
+              OFFSET 0
           )
         ORDER BY s.ord
         LIMIT 1;

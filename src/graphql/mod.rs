@@ -10,7 +10,7 @@ mod types;
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, EmptySubscription, Error, ErrorExtensions, Object, Result, Schema, ID,
+    Context, EmptySubscription, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID,
 };
 use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
 use chrono::NaiveDate;
@@ -34,7 +34,7 @@ pub struct RequestInfo {
 }
 
 pub fn schema(scheduler: Arc<Scheduler>) -> BuktorSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(QueryRoot::default(), MutationRoot, EmptySubscription)
         .data(scheduler)
         .limit_depth(12)
         .limit_complexity(2_000)
@@ -108,10 +108,15 @@ fn command_context(ctx: &Context<'_>, idempotency_key: Option<String>) -> Result
     })
 }
 
-pub struct QueryRoot;
+/// Every query. Each part lives with the read side it serves.
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(CoreQuery);
+
+#[derive(Default)]
+pub struct CoreQuery;
 
 #[Object]
-impl QueryRoot {
+impl CoreQuery {
     /// The caller: its hospital and role.
     async fn me(&self, ctx: &Context<'_>) -> Me {
         Me(principal(ctx).clone())

@@ -7,6 +7,7 @@
 //! start and graceful stop), `auth`, `ratelimit`, `metrics`, `telemetry`,
 //! `demo` (the demo hospital seeded on a fresh embedded store).
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;

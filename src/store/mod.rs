@@ -296,12 +296,23 @@ impl<T: EventStore + Directory> Store for T {}
 
 /// Which backend the configuration selects, opened and migrated.
 pub async fn open(config: &crate::config::Config) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(open_with_audit(config).await?.0)
+}
+
+/// [`open`], and the same store as the audit chain sees it.
+pub async fn open_with_audit(
+    config: &crate::config::Config,
+) -> StoreResult<(
+    std::sync::Arc<dyn Store>,
+    std::sync::Arc<dyn crate::audit::AuditLog>,
+)> {
     match &config.database_url {
         Some(url) => {
             tracing::info!(database = %url, "using PostgreSQL");
             let store = postgres::PostgresStore::connect(url.expose(), config.pool_size).await?;
             store.migrate().await?;
-            Ok(std::sync::Arc::new(store))
+            let store = std::sync::Arc::new(store);
+            Ok((store.clone(), store))
         }
         None => {
             let path = config.data_dir.join("buktor.db");
@@ -309,7 +320,8 @@ pub async fn open(config: &crate::config::Config) -> StoreResult<std::sync::Arc<
             let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
                 .await
                 .map_err(StoreError::backend)??;
-            Ok(std::sync::Arc::new(store))
+            let store = std::sync::Arc::new(store);
+            Ok((store.clone(), store))
         }
     }
 }

@@ -55,6 +55,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
+mod audit_chain;
+
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
     StoreResult, StoredIdempotency, StreamAppend, TenantRecord,
@@ -70,6 +72,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_group_commit",
         include_str!("../../migrations/postgres/0002_group_commit.sql"),
+    ),
+    (
+        "0003_event_chain",
+        include_str!("../../migrations/postgres/0003_event_chain.sql"),
     ),
 ];
 

@@ -21,6 +21,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
+mod audit_chain;
+
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
     StoreResult, StoredIdempotency, TenantRecord,
@@ -28,10 +30,16 @@ use super::{
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 /// Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_event_store",
-    include_str!("../../migrations/sqlite/0001_event_store.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_event_store",
+        include_str!("../../migrations/sqlite/0001_event_store.sql"),
+    ),
+    (
+        "0002_event_chain",
+        include_str!("../../migrations/sqlite/0002_event_chain.sql"),
+    ),
+];
 
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

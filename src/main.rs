@@ -8,7 +8,7 @@ use buktor::auth::generate_api_key;
 use buktor::config::Config;
 use buktor::http::{AppState, Application};
 use buktor::metrics::Metrics;
-use buktor::{demo, store, telemetry};
+use buktor::{audit, demo, store, telemetry};
 use buktor_domain::{Role, TenantId};
 use clap::{Parser, Subcommand};
 
@@ -47,6 +47,43 @@ enum Command {
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+    /// Check and export the tamper-evident hash chain over the events.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash of the chain from the events; exit status 3 if
+    /// a link is broken. Seals the events not yet sealed first.
+    Verify {
+        /// Only this hospital (default: every hospital with events).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Write nothing: leave unsealed events unsealed (they are counted).
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// Write a hospital's sealed events as JSON Lines, with their hashes.
+    #[command(group(clap::ArgGroup::new("filter").required(true).args(["appointment", "patient", "from"])))]
+    Export {
+        #[arg(long)]
+        tenant: TenantId,
+        /// Every event of this appointment.
+        #[arg(long)]
+        appointment: Option<String>,
+        /// Every event of the appointments booked for this HIS patient id.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Events recorded at or after this time (RFC 3339); needs --to.
+        #[arg(long, requires = "to")]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// ... and before this time.
+        #[arg(long, requires = "from")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -131,6 +168,81 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { demo } => serve(config, demo).await,
+        Command::Audit { command } => audit_command(&config, command).await,
+    }
+}
+
+/// Exit status of `buktor audit verify` when a chain is broken.
+const BROKEN_CHAIN_EXIT: i32 = 3;
+
+async fn audit_command(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    let (_, log) = store::open_with_audit(config).await?;
+    match command {
+        AuditCommand::Verify { tenant, no_seal } => {
+            if !no_seal {
+                // Covers every event committed before the command started
+                // (on PostgreSQL: whose transactions have all ended).
+                let sealed = match tenant {
+                    Some(t) => audit::seal_tenant(&*log, t).await,
+                    None => audit::seal_all(&*log).await,
+                };
+                match sealed {
+                    Ok(n) => tracing::debug!(events = n, "sealed before verifying"),
+                    Err(e) => eprintln!("warning: cannot seal the unsealed events: {e:#}"),
+                }
+            }
+            let reports = audit::verify(&*log, tenant).await?;
+            let (mut verified, mut unsealed) = (0, 0);
+            for report in &reports {
+                println!("{report}");
+                verified += report.verified;
+                unsealed += report.unsealed;
+            }
+            if reports.iter().any(|r| r.broken.is_some()) {
+                println!("audit chain BROKEN");
+                std::io::Write::flush(&mut std::io::stdout())?;
+                // Not 1 (the check itself failed) nor 2 (clap's usage errors).
+                std::process::exit(BROKEN_CHAIN_EXIT);
+            }
+            println!(
+                "audit chain OK: {} tenants, {verified} events verified, {unsealed} not yet sealed",
+                reports.len()
+            );
+            Ok(())
+        }
+        AuditCommand::Export {
+            tenant,
+            appointment,
+            patient,
+            from,
+            to,
+        } => {
+            let filter = match (appointment, patient, from, to) {
+                (Some(id), _, _, _) => audit::ExportFilter::Appointment(id),
+                (_, Some(p), _, _) => audit::ExportFilter::Patient(p),
+                (_, _, Some(from), Some(to)) => audit::ExportFilter::Between { from, to },
+                _ => anyhow::bail!("give --appointment, --patient, or --from and --to"),
+            };
+            if let Err(e) = audit::seal_tenant(&*log, tenant).await {
+                eprintln!("warning: cannot seal the unsealed events: {e:#}");
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let summary = match audit::export(&*log, tenant, &filter, &mut out).await {
+                Ok(summary) => summary,
+                // The reader stopped reading (`| head`): not a failure.
+                Err(audit::AuditError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            drop(out);
+            eprintln!(
+                "exported {} events; {} not yet sealed were left out",
+                summary.exported, summary.unsealed
+            );
+            Ok(())
+        }
     }
 }
 
@@ -145,7 +257,7 @@ async fn scheduler(config: &Config) -> anyhow::Result<Scheduler> {
 
 async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
-    let store = store::open(&config).await?;
+    let (store, audit_log) = store::open_with_audit(&config).await?;
     let state = Arc::new(AppState::new(&config, store.clone()));
     let seed = if store::is_embedded(&config) || demo_requested {
         let tenants = store.tenants().await?;
@@ -174,7 +286,10 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
         }
         None => println!("GraphiQL: {url}/graphql"),
     }
-    app.run_until_stopped().await?;
+    let sealer = audit::spawn_sealer(audit_log);
+    let served = app.run_until_stopped().await;
+    sealer.stop().await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

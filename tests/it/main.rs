@@ -7,4 +7,5 @@ mod api_booking;
 mod api_concurrency;
 mod api_restart;
 mod api_security;
+mod audit_chain;
 mod server;

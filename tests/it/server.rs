@@ -169,6 +169,24 @@ impl Deployment {
         self.cli_with(args, &[]).await
     }
 
+    /// Runs `buktor <args>` and returns its output, whether it succeeded or not.
+    pub async fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        tokio::process::Command::from(cmd)
+            .output()
+            .await
+            .expect("cannot run the buktor CLI")
+    }
+
+    /// The embedded store's database file, if this deployment uses it.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Embedded { data_dir } => Some(data_dir.join("buktor.db")),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
     /// `buktor tenant create`: a hospital in Amsterdam; returns its id.
     pub async fn create_tenant(&self, name: &str) -> String {
         let id = self

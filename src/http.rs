@@ -22,7 +22,9 @@ use crate::app::{Clock, OffsetClock, Scheduler, SystemClock};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::graphql::{BuktorSchema, RequestInfo};
+use crate::live::LiveFeed;
 use crate::metrics::Metrics;
+use crate::projection::ReadSide;
 use crate::ratelimit::{Quota, RateLimiter};
 use crate::store::Store;
 
@@ -35,6 +37,10 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// Every stored event as it comes, for subscriptions.
+    pub live: Arc<LiveFeed>,
+    /// The projections' runners and read models.
+    pub read_side: Arc<ReadSide>,
 }
 
 impl AppState {
@@ -52,8 +58,11 @@ impl AppState {
             )))
         };
         let scheduler = Arc::new(Scheduler::new(store.clone(), clock, metrics.clone()));
+        let read_side = ReadSide::new(store.clone());
         AppState {
-            schema: crate::graphql::schema(scheduler.clone()),
+            live: LiveFeed::new(store.clone(), scheduler.appended().clone()),
+            schema: crate::graphql::schema(scheduler.clone(), read_side.clone()),
+            read_side,
             auth: Authenticator::new(store.clone()),
             limiter: RateLimiter::new(
                 config.rate_limit.requests,
@@ -71,6 +80,7 @@ impl AppState {
 pub struct Application {
     pub addr: std::net::SocketAddr,
     server: Server,
+    live: Arc<LiveFeed>,
 }
 
 impl Application {
@@ -80,6 +90,7 @@ impl Application {
     pub fn build(config: &Config, state: Arc<AppState>) -> std::io::Result<Application> {
         let listener = std::net::TcpListener::bind(config.listen)?;
         let addr = listener.local_addr()?;
+        let live = state.live.clone();
         let data = web::Data::from(state);
         let mut server = HttpServer::new(move || {
             App::new()
@@ -89,7 +100,7 @@ impl Application {
                 .route("/ready", web::get().to(ready))
                 .route("/metrics", web::get().to(metrics))
                 .route("/graphql", web::post().to(graphql))
-                .route("/graphql", web::get().to(graphiql))
+                .route("/graphql", web::get().to(graphql_get))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -98,7 +109,7 @@ impl Application {
             server = server.workers(config.workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application { addr, server })
+        Ok(Application { addr, server, live })
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -109,9 +120,13 @@ impl Application {
     /// in-flight requests finish (up to `shutdown_timeout_secs`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let live = self.live.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: finishing in-flight requests");
+            // Ends every subscription and closes the WebSockets, which would
+            // otherwise hold the graceful stop for its whole timeout.
+            live.stop();
             handle.stop(true).await;
         });
         self.server.await
@@ -226,6 +241,150 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// `GET /graphql`: GraphiQL, or with `Upgrade: websocket` the subscriptions.
+async fn graphql_get(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade {
+        subscriptions(req, payload, state).await
+    } else {
+        graphiql().await
+    }
+}
+
+/// GraphQL over WebSocket (`graphql-transport-ws`, also the older
+/// `graphql-ws`), for subscriptions; queries and mutations work there too.
+///
+/// The key goes in the `connection_init` payload as
+/// `{"authorization": "Bearer bk_…"}` (browsers cannot set headers on a
+/// WebSocket), or in the upgrade request's `Authorization` header. A bad key
+/// in the header is refused with 401 before the upgrade; a connection whose
+/// `connection_init` brings no valid key (and had none in the header) is
+/// closed without `connection_ack`. Opening a connection counts as one
+/// request against the key's rate limit.
+async fn subscriptions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let from_header = match bearer(&req) {
+        None => None,
+        Some(token) => match authenticate(&state, token).await {
+            Ok(p) => Some(p),
+            Err(res) => return res,
+        },
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0)
+        .unwrap_or_else(Uuid::now_v7);
+    let mut data = async_graphql::Data::default();
+    data.insert(RequestInfo {
+        remote_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        request_id,
+        source: None,
+    });
+    data.insert(state.live.clone());
+    let init_state = state.clone();
+    let on_init = move |init: serde_json::Value| async move {
+        let token = init
+            .as_object()
+            .and_then(|o| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            })
+            .and_then(|(_, v)| v.as_str())
+            .map(|v| match v.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    token.trim().to_owned()
+                }
+                _ => v.trim().to_owned(),
+            });
+        let principal = match (token, from_header) {
+            (Some(token), _) => match init_state.auth.verify(&token).await {
+                Ok(p) => {
+                    let quota = init_state.limiter.check(p.key_id);
+                    if !quota.allowed {
+                        init_state.metrics.rate_limited.inc();
+                        return Err(async_graphql::Error::new(format!(
+                            "RATE_LIMITED: too many requests; retry in {} s",
+                            quota.reset_secs
+                        )));
+                    }
+                    p
+                }
+                Err(AuthError::Store(e)) => {
+                    tracing::error!(error = ?e, "authentication failed inside the server");
+                    return Err(async_graphql::Error::new("STORE_UNAVAILABLE: try again"));
+                }
+                Err(e) => return Err(async_graphql::Error::new(format!("UNAUTHENTICATED: {e}"))),
+            },
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err(async_graphql::Error::new(format!(
+                    "UNAUTHENTICATED: {}; or send {{\"authorization\": \"Bearer <key>\"}} in connection_init",
+                    AuthError::Missing
+                )))
+            }
+        };
+        let mut data = async_graphql::Data::default();
+        data.insert(principal);
+        Ok(data)
+    };
+    // The socket ends when the server stops (see `run_until_stopped`).
+    let payload = payload.take_until(state.live.stopped());
+    match async_graphql_actix_web::GraphQLSubscription::new(state.schema.clone())
+        .with_data(data)
+        .on_connection_init(on_init)
+        .start(&req, payload)
+    {
+        Ok(res) => res,
+        Err(e) => problem(
+            StatusCode::BAD_REQUEST,
+            "BAD_WEBSOCKET_REQUEST",
+            format!("{e}; use the subprotocol graphql-transport-ws"),
+        ),
+    }
+}
+
+/// The principal of a key, or the response that refuses it (401, 429, 503).
+async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<crate::auth::Principal, HttpResponse> {
+    let principal = match state.auth.verify(token).await {
+        Ok(p) => p,
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = ?e, "authentication failed inside the server");
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "try again",
+            ));
+        }
+        Err(e) => return Err(unauthorized(e)),
+    };
+    let quota = state.limiter.check(principal.key_id);
+    if !quota.allowed {
+        state.metrics.rate_limited.inc();
+        let res = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("too many requests; retry in {} s", quota.reset_secs),
+        );
+        return Err(with_quota(res, &quota));
+    }
+    Ok(principal)
 }
 
 async fn graphiql() -> HttpResponse {

@@ -48,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Rebuild, verify and inspect the read models.
+    Projections {
+        #[command(subcommand)]
+        command: buktor::projection::cli::ProjectionsCommand,
+    },
+    /// The GraphQL API's description.
+    Graphql {
+        #[command(subcommand)]
+        command: GraphqlCommand,
+    },
     /// Check and export the tamper-evident hash chain over the events.
     Audit {
         #[command(subcommand)]
@@ -102,6 +112,12 @@ enum TenantCommand {
 }
 
 #[derive(Subcommand)]
+enum GraphqlCommand {
+    /// Print the schema (SDL); `schema.graphql` in the repository is its output.
+    Schema,
+}
+
+#[derive(Subcommand)]
 enum ApiKeyCommand {
     /// Create an API key; prints it once (only a hash is stored).
     Create {
@@ -133,6 +149,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Config => {
             print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Projections { command } => {
+            let store = store::open(&config).await?;
+            let status = buktor::projection::cli::run(store.as_ref(), command).await?;
+            if status != 0 {
+                std::process::exit(status);
+            }
+            Ok(())
+        }
+        Command::Graphql {
+            command: GraphqlCommand::Schema,
+        } => {
+            print!("{}", buktor::graphql::sdl());
             Ok(())
         }
         Command::Migrate => {
@@ -271,6 +301,10 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let (stop_runners, runners_stop) = tokio::sync::watch::channel(false);
+    let runners = state
+        .read_side
+        .spawn_runners(state.scheduler.watch_appends(), runners_stop);
     let app = Application::build(&config, state).context("cannot bind the listen address")?;
     let url = format!("http://{}", app.addr);
     // Tests and scripts read this line to find the port.
@@ -288,6 +322,10 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     }
     let sealer = audit::spawn_sealer(audit_log);
     let served = app.run_until_stopped().await;
+    let _ = stop_runners.send(true);
+    for runner in runners {
+        let _ = runner.await;
+    }
     sealer.stop().await;
     served?;
     tracing::info!("stopped");

@@ -131,7 +131,7 @@ impl DomainEvent for AppointmentEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookedAppointment {
     pub id: AppointmentId,
     pub practitioner_id: PractitionerId,
@@ -145,7 +145,7 @@ pub struct BookedAppointment {
     pub cancellation: Option<(Reason, CancelledBy)>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Appointment {
     pub booked: Option<BookedAppointment>,
 }

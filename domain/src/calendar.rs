@@ -63,7 +63,7 @@ pub enum CalendarEvent {
 
 impl DomainEvent for CalendarEvent {}
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CalendarDay {
     pub holds: BTreeMap<AppointmentId, Hold>,
 }

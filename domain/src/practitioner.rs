@@ -38,12 +38,12 @@ pub enum PractitionerEvent {
 
 impl DomainEvent for PractitionerEvent {}
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Practitioner {
     pub registered: Option<RegisteredPractitioner>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisteredPractitioner {
     pub id: PractitionerId,
     pub details: PractitionerDetails,

@@ -183,7 +183,7 @@ pub enum ScheduleEvent {
 impl DomainEvent for ScheduleEvent {}
 
 /// A practitioner's schedule. Without rules or sessions it offers no slot.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub time_zone: Tz,
     pub rules: Vec<WeeklyRule>,
@@ -220,6 +220,12 @@ impl Aggregate for Schedule {
             }
         }
     }
+}
+
+struct DayWindows {
+    windows: Vec<(Span, Minutes)>,
+    extra_sessions: usize,
+    blocked: Vec<Span>,
 }
 
 /// A span of real time, `[start, end)`.
@@ -313,17 +319,13 @@ impl Schedule {
         instant.with_timezone(&self.time_zone).date_naive()
     }
 
-    /// Start instants of every slot of `duration` on the local `date`, sorted, distinct.
-    pub fn slots_on(&self, date: NaiveDate, duration: Minutes) -> Vec<DateTime<Utc>> {
+    /// The day's bookable windows with their grids, extra sessions first,
+    /// and the spans leave blocks out of the weekly rules.
+    fn windows_on(&self, date: NaiveDate) -> DayWindows {
         let tz = self.time_zone;
-        let exceptions: Vec<&ScheduleException> = self
-            .exceptions
-            .values()
-            .filter(|e| e.date == date)
-            .collect();
         let mut blocked: Vec<Span> = Vec::new();
         let mut windows: Vec<(Span, Minutes)> = Vec::new();
-        for e in &exceptions {
+        for e in self.exceptions.values().filter(|e| e.date == date) {
             match e.kind {
                 ExceptionKind::Unavailable { start, end } => {
                     let (start, end) = match (start, end) {
@@ -359,6 +361,69 @@ impl Schedule {
                 rule.grid,
             ));
         }
+        DayWindows {
+            windows,
+            extra_sessions,
+            blocked,
+        }
+    }
+
+    /// The real-time spans the practitioner works on the local `date`:
+    /// weekly rules minus leave, plus extra sessions, merged and sorted.
+    pub fn working_hours_on(&self, date: NaiveDate) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let day = self.windows_on(date);
+        let mut spans: Vec<Span> = Vec::new();
+        for (i, (window, _)) in day.windows.iter().enumerate() {
+            if i < day.extra_sessions {
+                spans.push(*window);
+                continue;
+            }
+            let mut pieces = vec![*window];
+            for b in &day.blocked {
+                pieces = pieces
+                    .into_iter()
+                    .flat_map(|p| {
+                        if !b.overlaps(p.start, p.end) {
+                            return vec![p];
+                        }
+                        let mut left = Vec::new();
+                        if p.start < b.start {
+                            left.push(Span {
+                                start: p.start,
+                                end: b.start,
+                            });
+                        }
+                        if b.end < p.end {
+                            left.push(Span {
+                                start: b.end,
+                                end: p.end,
+                            });
+                        }
+                        left
+                    })
+                    .collect();
+            }
+            spans.extend(pieces);
+        }
+        spans.retain(|s| s.start < s.end);
+        spans.sort_by_key(|s| (s.start, s.end));
+        let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        for s in spans {
+            match merged.last_mut() {
+                Some(last) if s.start <= last.1 => last.1 = last.1.max(s.end),
+                _ => merged.push((s.start, s.end)),
+            }
+        }
+        merged
+    }
+
+    /// Start instants of every slot of `duration` on the local `date`, sorted, distinct.
+    pub fn slots_on(&self, date: NaiveDate, duration: Minutes) -> Vec<DateTime<Utc>> {
+        let DayWindows {
+            windows,
+            extra_sessions,
+            blocked,
+        } = self.windows_on(date);
         let length = duration.duration();
         let mut slots = BTreeSet::new();
         for (i, (window, grid)) in windows.iter().enumerate() {

@@ -86,12 +86,12 @@ pub enum ServiceEvent {
 
 impl DomainEvent for ServiceEvent {}
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub defined: Option<DefinedService>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DefinedService {
     pub id: ServiceId,
     pub details: ServiceDetails,

@@ -925,6 +925,12 @@ impl EventStore for CountingStore {
     }
 }
 
+impl buktor::store::Store for CountingStore {
+    fn read_models(&self) -> &dyn buktor::store::ReadModelStore {
+        self.inner.read_models()
+    }
+}
+
 #[async_trait::async_trait]
 impl Directory for CountingStore {
     async fn create_tenant(&self, tenant: &TenantRecord) -> StoreResult<()> {

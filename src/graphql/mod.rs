@@ -4,26 +4,33 @@
 //! Errors: every error carries `extensions.code`. Domain refusals keep their
 //! stable domain code; failures inside the server say `INTERNAL` and show no
 //! detail (the cause is logged with the request id).
+mod events;
 mod inputs;
+mod read;
+mod subscriptions;
 mod types;
 
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, EmptySubscription, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID,
+    Context, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID,
 };
 use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
-use chrono::NaiveDate;
 use uuid::Uuid;
 
 use crate::app::{
     AppError, Attendance, CommandContext, CommandOutcome, RecordAttendance, Scheduler,
 };
 use crate::auth::Principal;
+use crate::projection::ReadSide;
+use async_graphql::dataloader::DataLoader;
 use inputs::*;
 use types::*;
 
-pub type BuktorSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub use events::EventsQuery;
+pub use subscriptions::SubscriptionRoot;
+
+pub type BuktorSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// What each request carries into resolvers, besides the principal.
 #[derive(Debug, Clone)]
@@ -33,13 +40,26 @@ pub struct RequestInfo {
     pub source: Option<Source>,
 }
 
-pub fn schema(scheduler: Arc<Scheduler>) -> BuktorSchema {
-    Schema::build(QueryRoot::default(), MutationRoot, EmptySubscription)
+pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSchema {
+    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
         .data(scheduler)
+        .data(DataLoader::new(
+            read::AppointmentLoader(read_side.clone()),
+            tokio::spawn,
+        ))
+        .data(read_side)
         .limit_depth(12)
         .limit_complexity(2_000)
         .limit_recursive_depth(32)
         .finish()
+}
+
+/// The schema in SDL, as `buktor graphql schema` prints it. It does not
+/// depend on any data, so it is built without a store.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
 }
 
 /// The GraphQL error for an application error, logged once here.
@@ -110,7 +130,7 @@ fn command_context(ctx: &Context<'_>, idempotency_key: Option<String>) -> Result
 
 /// Every query. Each part lives with the read side it serves.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery);
+pub struct QueryRoot(CoreQuery, EventsQuery, read::ReadQuery);
 
 #[derive(Default)]
 pub struct CoreQuery;
@@ -131,14 +151,6 @@ impl CoreQuery {
         Ok(p.map(Practitioner))
     }
 
-    async fn practitioners(&self, ctx: &Context<'_>) -> Result<Vec<Practitioner>> {
-        let list = scheduler(ctx)
-            .practitioners(principal(ctx).tenant_id())
-            .await
-            .map_err(app_error)?;
-        Ok(list.into_iter().map(Practitioner).collect())
-    }
-
     async fn service(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Service>> {
         let id: ServiceId = parse_id("id", &id)?;
         let s = scheduler(ctx)
@@ -146,14 +158,6 @@ impl CoreQuery {
             .await
             .map_err(app_error)?;
         Ok(s.map(Service))
-    }
-
-    async fn services(&self, ctx: &Context<'_>) -> Result<Vec<Service>> {
-        let list = scheduler(ctx)
-            .services(principal(ctx).tenant_id())
-            .await
-            .map_err(app_error)?;
-        Ok(list.into_iter().map(Service).collect())
     }
 
     /// A practitioner's weekly rules and exceptions; null for an unknown practitioner.
@@ -175,31 +179,28 @@ impl CoreQuery {
         }))
     }
 
-    async fn appointment(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Appointment>> {
+    /// An appointment as it is now (read from its own events, so always
+    /// current), or as it was at `asOf`.
+    async fn appointment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        as_of: Option<read::AsOfInput>,
+    ) -> Result<Option<Appointment>> {
         let id: AppointmentId = parse_id("id", &id)?;
+        if let Some(as_of) = as_of {
+            let as_of = as_of.parse()?;
+            let a = read::read_side(ctx)
+                .appointment_as_of(principal(ctx).tenant_id(), id, as_of)
+                .await
+                .map_err(read::view_error)?;
+            return Ok(a.map(|a| Appointment(a, Some(as_of))));
+        }
         let a = scheduler(ctx)
             .appointment(principal(ctx).tenant_id(), id)
             .await
             .map_err(app_error)?;
-        Ok(a.map(Appointment))
-    }
-
-    /// Bookable slots of a practitioner for a service on the hospital-local dates `from..=to`.
-    async fn available_slots(
-        &self,
-        ctx: &Context<'_>,
-        practitioner_id: ID,
-        service_id: ID,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> Result<Vec<Slot>> {
-        let practitioner: PractitionerId = parse_id("practitionerId", &practitioner_id)?;
-        let service: ServiceId = parse_id("serviceId", &service_id)?;
-        let slots = scheduler(ctx)
-            .available_slots(principal(ctx).tenant_id(), practitioner, service, from, to)
-            .await
-            .map_err(app_error)?;
-        Ok(slots.into_iter().map(Slot).collect())
+        Ok(a.map(|a| Appointment(a, None)))
     }
 }
 

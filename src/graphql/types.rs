@@ -5,7 +5,6 @@ use buktor_domain::practitioner::RegisteredPractitioner;
 use buktor_domain::schedule::ExceptionKind;
 use buktor_domain::service::DefinedService;
 use buktor_domain::{EventMetadata, PractitionerId};
-use buktor_projections::slots::FreeSlot;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::inputs::{CancelledByInput, WeekdayInput};
@@ -235,6 +234,15 @@ pub struct Actor {
     role: String,
 }
 
+impl Actor {
+    pub fn new(actor: &buktor_domain::Actor) -> Self {
+        Actor {
+            id: actor.id.clone(),
+            role: actor.role.as_str().to_owned(),
+        }
+    }
+}
+
 /// One stored event of an appointment, with who did it, when and from where.
 #[derive(SimpleObject)]
 pub struct HistoryEntry {
@@ -250,7 +258,11 @@ pub struct HistoryEntry {
     data: async_graphql::Json<serde_json::Value>,
 }
 
-pub struct Appointment(pub BookedAppointment);
+/// An appointment; when read as of a point in the past, its history stops there too.
+pub struct Appointment(
+    pub BookedAppointment,
+    pub Option<crate::projection::views::AsOf>,
+);
 
 #[Object]
 impl Appointment {
@@ -295,10 +307,13 @@ impl Appointment {
     }
     /// Every event of this appointment, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<HistoryEntry>> {
-        let events = scheduler(ctx)
+        let mut events = scheduler(ctx)
             .appointment_events(principal(ctx).tenant_id(), self.0.id)
             .await
             .map_err(app_error)?;
+        if let Some(as_of) = self.1 {
+            events.retain(|e| as_of.includes(e));
+        }
         events
             .into_iter()
             .map(|e| {
@@ -321,21 +336,5 @@ impl Appointment {
                 })
             })
             .collect()
-    }
-}
-
-pub struct Slot(pub FreeSlot);
-
-#[Object]
-impl Slot {
-    async fn start(&self) -> DateTime<Utc> {
-        self.0.start
-    }
-    async fn end(&self) -> DateTime<Utc> {
-        self.0.end
-    }
-    /// Places left (more than 1 only for group sessions).
-    async fn remaining(&self) -> u32 {
-        self.0.remaining
     }
 }

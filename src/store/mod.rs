@@ -23,7 +23,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod postgres;
+pub mod read_models;
 pub mod sqlite;
+
+pub use read_models::{
+    Checkpoint, DocDifference, DocRow, DocWrite, GenerationStatus, Lease, ReadModelStore,
+};
 
 /// A point in a tenant's global order. Events are read in `(tx, seq)` order.
 ///
@@ -197,6 +202,12 @@ pub enum StoreError {
     InvalidAppend(String),
     #[error("tenant {0} already exists")]
     TenantExists(TenantId),
+    /// Another runner moved a read model's checkpoint first: reload and retry.
+    #[error("projection {projection} moved past the expected checkpoint")]
+    CheckpointMoved { projection: String },
+    /// The read-model generation written to no longer exists (a rebuild replaced it).
+    #[error("projection {projection} has no generation {generation}")]
+    NoSuchGeneration { projection: String, generation: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("event store backend failed")]
@@ -290,9 +301,22 @@ pub trait Directory: Send + Sync + 'static {
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>>;
 }
 
-/// A store is both.
-pub trait Store: EventStore + Directory {}
-impl<T: EventStore + Directory> Store for T {}
+/// A backend: events, the directory, and the projections' documents beside them.
+pub trait Store: EventStore + Directory {
+    fn read_models(&self) -> &dyn ReadModelStore;
+}
+
+impl Store for postgres::PostgresStore {
+    fn read_models(&self) -> &dyn ReadModelStore {
+        self
+    }
+}
+
+impl Store for sqlite::SqliteStore {
+    fn read_models(&self) -> &dyn ReadModelStore {
+        self
+    }
+}
 
 /// Which backend the configuration selects, opened and migrated.
 pub async fn open(config: &crate::config::Config) -> StoreResult<std::sync::Arc<dyn Store>> {

@@ -56,6 +56,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
 mod audit_chain;
+mod read_models;
 
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
@@ -76,6 +77,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_event_chain",
         include_str!("../../migrations/postgres/0003_event_chain.sql"),
+    ),
+    (
+        "0004_read_models",
+        include_str!("../../migrations/postgres/0004_read_models.sql"),
     ),
 ];
 

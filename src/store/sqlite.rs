@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use uuid::Uuid;
 
 mod audit_chain;
+mod read_models;
 
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
@@ -38,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_event_chain",
         include_str!("../../migrations/sqlite/0002_event_chain.sql"),
+    ),
+    (
+        "0003_read_models",
+        include_str!("../../migrations/sqlite/0003_read_models.sql"),
     ),
 ];
 

@@ -1,0 +1,248 @@
+//! The event log for integrators: `events(after, first, types, streams)`, a
+//! Relay connection over the caller's hospital's events in global order.
+//!
+//! - The cursor of an edge is the event's position (`"tx.seq"`); `after`
+//!   takes any position, so a reader resumes from the last one it handled.
+//! - `first`: 0 to 1000, default 100; more is refused with `INVALID_INPUT`
+//!   (`field: "first"`), as is a malformed `after` (`field: "after"`).
+//! - `types`: event type names (`AppointmentBooked`, …); `streams`: stream
+//!   ids, where an entry ending in `-` is a prefix (`appointment-` is every
+//!   appointment, `calendar-<practitioner>-` one practitioner's calendar
+//!   days) and any other entry an exact id. An event is returned if it
+//!   matches both lists; null or an empty list does not filter.
+//! - `hasNextPage` says whether an event after the page (matching the
+//!   filters) can be read now; `endCursor` is the last edge's position. An
+//!   empty page leaves the reader's cursor where it was.
+//!
+//! Every role may read its own hospital's log (admin, staff, his-system and
+//! auditor keys; patients hold no keys). Filters are applied while reading
+//! the log in order, so a filter that matches little reads far.
+use async_graphql::connection::{Connection, CursorType, Edge};
+use async_graphql::{Context, Object, Result, ID};
+use buktor_domain::EventMetadata;
+use chrono::{DateTime, Utc};
+
+use super::types::Actor;
+use super::{app_error, invalid, principal, scheduler};
+use crate::app::AppError;
+use crate::store::{InvalidPosition, Position, RecordedEvent};
+
+/// `first` when not given.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `first`.
+pub const MAX_PAGE: usize = 1000;
+/// At most this many entries in `types` and in `streams`.
+const MAX_FILTER_ENTRIES: usize = 100;
+/// Events per store read while filtering.
+const SCAN_PAGE: usize = 1000;
+
+/// An edge cursor: a position in the tenant's global order.
+pub struct Cursor(pub Position);
+
+impl CursorType for Cursor {
+    type Error = InvalidPosition;
+
+    fn decode_cursor(s: &str) -> Result<Self, Self::Error> {
+        s.parse().map(Cursor)
+    }
+
+    fn encode_cursor(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+pub type EventConnection = Connection<Cursor, Event>;
+
+/// One stored event with its metadata.
+pub struct Event {
+    event: RecordedEvent,
+    meta: EventMetadata,
+}
+
+impl Event {
+    pub fn new(event: RecordedEvent) -> Result<Event> {
+        let meta: EventMetadata = serde_json::from_value(event.metadata.clone()).map_err(|e| {
+            app_error(AppError::Corrupt(format!(
+                "metadata of event {}: {e}",
+                event.event_id
+            )))
+        })?;
+        Ok(Event { event, meta })
+    }
+}
+
+#[Object]
+impl Event {
+    /// The event's place in the hospital's global order (`"tx.seq"`).
+    async fn position(&self) -> String {
+        self.event.position.to_string()
+    }
+    async fn event_id(&self) -> ID {
+        ID(self.event.event_id.to_string())
+    }
+    /// `{type}-{id}`, e.g. `appointment-<uuid>`.
+    async fn stream_id(&self) -> &str {
+        &self.event.stream_id
+    }
+    /// The event's version in its stream, from 1.
+    async fn version(&self) -> i64 {
+        self.event.version
+    }
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> &str {
+        &self.event.event_type
+    }
+    /// The version of the payload's schema, as stored.
+    async fn schema_version(&self) -> i32 {
+        self.event.schema_version
+    }
+    /// When the command was handled.
+    async fn occurred_at(&self) -> DateTime<Utc> {
+        self.meta.occurred_at
+    }
+    /// When the store recorded it.
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.event.recorded_at
+    }
+    async fn actor(&self) -> Actor {
+        Actor::new(&self.meta.actor)
+    }
+    /// The channel: widget, admin, his-api, cli or system.
+    async fn source(&self) -> &'static str {
+        self.meta.source.as_str()
+    }
+    async fn remote_addr(&self) -> Option<&str> {
+        self.meta.remote_addr.as_deref()
+    }
+    async fn correlation_id(&self) -> ID {
+        ID(self.meta.correlation_id.to_string())
+    }
+    /// The payload as stored (JSON).
+    async fn data(&self) -> async_graphql::Json<&serde_json::Value> {
+        async_graphql::Json(&self.event.payload)
+    }
+}
+
+/// Which events a reader wants.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    types: Vec<String>,
+    exact_streams: Vec<String>,
+    stream_prefixes: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn new(types: Option<Vec<String>>, streams: Option<Vec<String>>) -> Result<Self> {
+        let types = types.unwrap_or_default();
+        let streams = streams.unwrap_or_default();
+        if types.len() > MAX_FILTER_ENTRIES {
+            return Err(invalid(
+                "types",
+                format!("at most {MAX_FILTER_ENTRIES} types"),
+            ));
+        }
+        if streams.len() > MAX_FILTER_ENTRIES {
+            return Err(invalid(
+                "streams",
+                format!("at most {MAX_FILTER_ENTRIES} streams"),
+            ));
+        }
+        if streams.iter().any(|s| s.is_empty()) {
+            return Err(invalid("streams", "a stream id or prefix is empty"));
+        }
+        let (stream_prefixes, exact_streams) = streams.into_iter().partition(|s| s.ends_with('-'));
+        Ok(EventFilter {
+            types,
+            exact_streams,
+            stream_prefixes,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty() && self.exact_streams.is_empty() && self.stream_prefixes.is_empty()
+    }
+
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        let type_ok = self.types.is_empty() || self.types.contains(&e.event_type);
+        let stream_ok = (self.exact_streams.is_empty() && self.stream_prefixes.is_empty())
+            || self.exact_streams.contains(&e.stream_id)
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|p| e.stream_id.starts_with(p.as_str()));
+        type_ok && stream_ok
+    }
+}
+
+#[derive(Default)]
+pub struct EventsQuery;
+
+#[Object]
+impl EventsQuery {
+    /// The hospital's events in global order, after the position `after`
+    /// (exclusive; null = from the start). `first`: 0 to 1000, default 100.
+    /// `types`: event types; `streams`: stream ids, an entry ending in `-`
+    /// being a prefix (`appointment-`). Both filters must match.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        first: Option<i32>,
+        types: Option<Vec<String>>,
+        streams: Option<Vec<String>>,
+    ) -> Result<EventConnection> {
+        let first = match first {
+            None => DEFAULT_PAGE,
+            Some(n) if (0..=MAX_PAGE as i32).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "first",
+                    format!("must be between 0 and {MAX_PAGE}, got {n}"),
+                ))
+            }
+        };
+        let after = match after {
+            None => None,
+            Some(a) => Some(
+                a.parse::<Position>()
+                    .map_err(|e| invalid("after", e.to_string()))?,
+            ),
+        };
+        let filter = EventFilter::new(types, streams)?;
+        let store = scheduler(ctx).store();
+        let tenant = principal(ctx).tenant_id();
+
+        // One more than asked, to know whether there is a next page.
+        let wanted = first + 1;
+        let read_size = if filter.is_empty() { wanted } else { SCAN_PAGE };
+        let mut cursor = after.unwrap_or(Position::START);
+        let mut found = Vec::with_capacity(wanted.min(SCAN_PAGE));
+        'scan: loop {
+            let page = store
+                .read_all(tenant, cursor, read_size)
+                .await
+                .map_err(|e| app_error(e.into()))?;
+            let full = page.len() == read_size;
+            for event in page {
+                cursor = event.position;
+                if filter.matches(&event) {
+                    found.push(event);
+                    if found.len() == wanted {
+                        break 'scan;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let has_next = found.len() > first;
+        found.truncate(first);
+        let mut connection = Connection::new(after.is_some(), has_next);
+        for event in found {
+            let cursor = Cursor(event.position);
+            connection.edges.push(Edge::new(cursor, Event::new(event)?));
+        }
+        Ok(connection)
+    }
+}

@@ -1,0 +1,278 @@
+//! The read side's engine: runners that fold the store's global order into
+//! the projections' documents (`buktor_projections`), the wait behind
+//! read-your-writes, and rebuild / verify.
+//!
+//! Each projection has one runner per server process, but only the one
+//! holding the projection's lease (a PostgreSQL advisory lock) applies
+//! events; the others wait to take over when it dies. Independently of the
+//! lease, every batch commits only if the checkpoint is still where the
+//! batch started, so even two runners that both believed they led could not
+//! apply an event twice.
+pub mod cli;
+mod fold;
+pub mod rebuild;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use buktor_domain::TenantId;
+use tokio::sync::{watch, Notify};
+
+pub use fold::{envelope, folder, Fold, FoldError, Step};
+
+use crate::store::{Position, Store, StoreError};
+
+/// Events a runner applies per transaction.
+pub const LIVE_BATCH: usize = 500;
+/// How often an idle runner looks for events written by other instances.
+const POLL: Duration = Duration::from_millis(25);
+/// How often a runner without the lease tries to take it.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
+/// How often a runner re-reads the tenant list and the live generation.
+const REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("the read models did not reach position {wanted} within {waited_ms} ms")]
+    Timeout { wanted: Position, waited_ms: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where each projection's live generation stands, per tenant, as this
+/// process last saw it; and the wait for a position.
+pub struct ReadSide {
+    store: Arc<dyn Store>,
+    positions: Mutex<HashMap<(TenantId, &'static str), Position>>,
+    moved: Notify,
+}
+
+impl ReadSide {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(ReadSide {
+            store,
+            positions: Mutex::new(HashMap::new()),
+            moved: Notify::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn record(&self, tenant: TenantId, projection: &'static str, at: Position) {
+        let mut positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = positions.entry((tenant, projection)).or_default();
+        if at > *slot {
+            *slot = at;
+        }
+        drop(positions);
+        self.moved.notify_waiters();
+    }
+
+    fn reached(&self, tenant: TenantId, wanted: Position) -> bool {
+        let positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        buktor_projections::ALL.iter().all(|name| {
+            positions
+                .get(&(tenant, *name))
+                .is_some_and(|p| *p >= wanted)
+        })
+    }
+
+    /// Waits until every projection of the tenant has applied the events up
+    /// to `wanted`, at most `timeout`. Positions written by other instances
+    /// are learned from the database.
+    pub async fn wait_for(
+        &self,
+        tenant: TenantId,
+        wanted: Position,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let moved = self.moved.notified();
+            if self.reached(tenant, wanted) {
+                return Ok(());
+            }
+            for (name, at) in self.store.read_models().live_positions(tenant).await? {
+                if let Some(name) = buktor_projections::ALL.iter().find(|n| **n == name) {
+                    self.record(tenant, name, at);
+                }
+            }
+            if self.reached(tenant, wanted) {
+                return Ok(());
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= timeout {
+                return Err(WaitError::Timeout {
+                    wanted,
+                    waited_ms: elapsed.as_millis() as u64,
+                });
+            }
+            let _ = tokio::time::timeout(POLL.min(timeout - elapsed), moved).await;
+        }
+    }
+
+    /// Starts one runner per projection; they stop when `stop` turns true.
+    pub fn spawn_runners(
+        self: &Arc<Self>,
+        appends: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        buktor_projections::ALL
+            .iter()
+            .filter_map(|name| folder(name))
+            .map(|fold| {
+                let side = Arc::clone(self);
+                tokio::spawn(run(side, fold, appends.clone(), stop.clone()))
+            })
+            .collect()
+    }
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn run(
+    side: Arc<ReadSide>,
+    mut fold: Box<dyn Fold>,
+    mut appends: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = fold.name();
+    let store = Arc::clone(&side.store);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let lease = match store.read_models().try_lead(name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                if sleep_or_stop(LEASE_RETRY, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(projection = name, error = %e, "cannot take the projection lease");
+                if sleep_or_stop(LEASE_RETRY * 4, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(projection = name, "projection runner leads");
+        fold.forget();
+        if let Err(e) = lead(&side, fold.as_mut(), &lease, &mut appends, &mut stop).await {
+            tracing::error!(projection = name, error = %e, "projection runner failed; retrying");
+            if sleep_or_stop(LEASE_RETRY * 2, &mut stop).await {
+                return;
+            }
+        }
+        drop(lease);
+    }
+}
+
+/// Applies events while the lease holds. Returns `Ok` on stop or lost lease.
+async fn lead(
+    side: &ReadSide,
+    fold: &mut dyn Fold,
+    lease: &crate::store::Lease,
+    appends: &mut watch::Receiver<u64>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), FoldError> {
+    let name = fold.name();
+    let store = side.store.as_ref();
+    let mut generation = store.read_models().live_generation(name).await?;
+    let mut checkpoints: HashMap<TenantId, Position> = store
+        .read_models()
+        .checkpoints(name, generation)
+        .await?
+        .into_iter()
+        .map(|(t, c)| (t, c.position))
+        .collect();
+    let mut tenants: Vec<TenantId> = Vec::new();
+    let mut refreshed = tokio::time::Instant::now() - REFRESH;
+    loop {
+        if *stop.borrow() || !lease.is_alive() {
+            return Ok(());
+        }
+        if refreshed.elapsed() >= REFRESH {
+            tenants = store.tenants().await?.into_iter().map(|t| t.id).collect();
+            let live = store.read_models().live_generation(name).await?;
+            if live != generation {
+                tracing::info!(
+                    projection = name,
+                    generation = live,
+                    "following a new generation"
+                );
+                generation = live;
+                fold.forget();
+                checkpoints = store
+                    .read_models()
+                    .checkpoints(name, generation)
+                    .await?
+                    .into_iter()
+                    .map(|(t, c)| (t, c.position))
+                    .collect();
+            }
+            refreshed = tokio::time::Instant::now();
+        }
+        let mut busy = false;
+        for tenant in &tenants {
+            let from = checkpoints.get(tenant).copied().unwrap_or_default();
+            side.record(*tenant, name, from);
+            match fold
+                .step(store, generation, *tenant, from, None, LIVE_BATCH)
+                .await
+            {
+                Ok(Step::CaughtUp) => {}
+                Ok(Step::Applied { to, .. }) => {
+                    busy = true;
+                    checkpoints.insert(*tenant, to);
+                    side.record(*tenant, name, to);
+                }
+                Err(FoldError::Store(StoreError::CheckpointMoved { .. })) => {
+                    // Another runner wrote this generation: start over from its checkpoint.
+                    tracing::warn!(projection = name, "checkpoint moved under the runner");
+                    fold.forget();
+                    let fresh = store.read_models().checkpoints(name, generation).await?;
+                    checkpoints.insert(
+                        *tenant,
+                        fresh.get(tenant).map(|c| c.position).unwrap_or_default(),
+                    );
+                    busy = true;
+                }
+                Err(FoldError::Store(StoreError::NoSuchGeneration { .. })) => {
+                    refreshed = tokio::time::Instant::now() - REFRESH;
+                    busy = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !busy {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                changed = appends.changed() => {
+                    if changed.is_err() {
+                        // No writer in this process any more: poll only.
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -40,6 +40,11 @@ pub struct RequestInfo {
     pub source: Option<Source>,
 }
 
+/// The most a query may cost: one point per field, a list field its page
+/// size times what each item asks for. A full page of 500 slots with a few
+/// fields fits; a query that fans out over several big pages does not.
+pub const MAX_COMPLEXITY: usize = 10_000;
+
 pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSchema {
     Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
         .data(scheduler)
@@ -49,7 +54,7 @@ pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSche
         ))
         .data(read_side)
         .limit_depth(12)
-        .limit_complexity(2_000)
+        .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
         .finish()
 }

@@ -496,6 +496,19 @@ impl ReadQuery {
             specialty,
         };
         catch_up(ctx, at_least.as_deref()).await?;
+        let tenant = principal(ctx).tenant_id();
+        if let Some(id) = search.service_id {
+            let key = buktor_projections::catalog::service_key(id);
+            let found = read_side(ctx)
+                .catalog_docs(tenant, std::slice::from_ref(&key))
+                .await
+                .map_err(view_error)?;
+            if found.is_empty() {
+                return Err(app_error(AppError::Domain(
+                    buktor_domain::DomainError::ServiceNotFound(id),
+                )));
+            }
+        }
         // The asked dates in `tz` as instants, and the hospital dates that cover them.
         let start_of = |d: NaiveDate| buktor_domain::schedule::resolve_local(tz, d, NaiveTime::MIN);
         let window_start = start_of(from);
@@ -504,7 +517,6 @@ impl ReadQuery {
         let hospital_to = (window_end - ChronoDuration::seconds(1))
             .with_timezone(&hospital_tz)
             .date_naive();
-        let tenant = principal(ctx).tenant_id();
         let offered = read_side(ctx)
             .available_slots(
                 tenant,

@@ -42,7 +42,7 @@ const SET_SERVICE_ACTIVE: &str =
 const RULES: &str = "mutation($p: ID!, $rules: [WeeklyRuleInput!]!) {
     setWeeklyRules(practitionerId: $p, rules: $rules) { id } }";
 const ADD_EXCEPTION: &str = "mutation($p: ID!, $i: ScheduleExceptionInput!) {
-    addScheduleException(practitionerId: $p, input: $i) { id } }";
+    addScheduleException(practitionerId: $p, input: $i) { id position } }";
 const REMOVE_EXCEPTION: &str = "mutation($p: ID!, $e: ID!) {
     removeScheduleException(practitionerId: $p, exceptionId: $e) { id } }";
 const RESCHEDULE: &str = "mutation($id: ID!, $start: DateTime!, $p: ID, $reason: String) {
@@ -54,10 +54,12 @@ const COMPLETE: &str = "mutation($id: ID!) { completeAppointment(id: $id) { id }
 const NO_SHOW: &str = "mutation($id: ID!) { markNoShow(id: $id) { id } }";
 
 /// Everything a bad request could have changed.
-const SNAPSHOT: &str = "query($p: ID!, $a: ID!, $newP: ID!, $newS: ID!, $newA: ID!) {
-    practitioners { id name specialty department location externalId active }
-    services { id name durationMinutes bufferBeforeMinutes bufferAfterMinutes capacity
-               practitionerIds minNoticeMinutes maxAdvanceDays active }
+const SNAPSHOT: &str = "query($p: ID!, $a: ID!, $newP: ID!, $newS: ID!, $newA: ID!, $at: String) {
+    practitioners(includeInactive: true, atLeast: $at) {
+      nodes { id name specialty department location externalId active } }
+    services(includeInactive: true, atLeast: $at) {
+      nodes { id name durationMinutes bufferBeforeMinutes bufferAfterMinutes capacity
+              practitionerIds minNoticeMinutes maxAdvanceDays active } }
     schedule(practitionerId: $p) {
       rules { weekdays start end gridMinutes effectiveFrom effectiveTo }
       exceptions { id date kind start end reason }
@@ -123,16 +125,19 @@ async fn every_mutation_refuses_bad_input_with_a_code_and_writes_nothing() {
     let booked_at = local(day, 10, 0);
     let a = book(&server, &h.admin, p, s, booked_at).await;
     let free = local(day, 11, 0);
-    let exception = server
+    let added = server
         .gql_ok(
             &h.admin,
             ADD_EXCEPTION,
             json!({"p": p, "i": {"date": days_ahead(20), "kind": "UNAVAILABLE", "reason": "Leave"}}),
         )
-        .await["addScheduleException"]["id"]
+        .await;
+    let exception = added["addScheduleException"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    // The last write before the snapshots: the lists wait for it.
+    let setup_position = added["addScheduleException"]["position"].clone();
     let e = exception.as_str();
     let unknown = Uuid::now_v7().to_string();
     let u = unknown.as_str();
@@ -848,7 +853,8 @@ async fn every_mutation_refuses_bad_input_with_a_code_and_writes_nothing() {
         "every mutation has bad-input cases"
     );
 
-    let snapshot_vars = json!({"p": p, "a": a, "newP": new_p, "newS": new_s, "newA": new_a});
+    let snapshot_vars =
+        json!({"p": p, "a": a, "newP": new_p, "newS": new_s, "newA": new_a, "at": setup_position});
     let before_snapshot = server
         .gql_ok(&h.admin, SNAPSHOT, snapshot_vars.clone())
         .await;
@@ -937,13 +943,13 @@ async fn malformed_oversized_and_abusive_requests_get_typed_errors_and_the_serve
     );
     let complex = format!(
         "{{ {} }}",
-        (0..2100)
+        (0..5100)
             .map(|i| format!("a{i}: me {{ role }}"))
             .collect::<Vec<_>>()
             .join(" ")
     );
     let nested_value = format!(
-        "{{ available: availableSlots(practitionerId: {}1{}, serviceId: \"x\", from: \"2030-01-01\", to: \"2030-01-01\") {{ start }} }}",
+        "{{ available: availableSlots(practitionerIds: {}1{}, serviceId: \"x\", from: \"2030-01-01\", to: \"2030-01-01\") {{ nodes {{ start }} }} }}",
         "[".repeat(200),
         "]".repeat(200)
     );

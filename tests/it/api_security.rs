@@ -66,8 +66,8 @@ fn every_mutation(
 
 /// What a tenant can see of its own data.
 const VIEW: &str = "query($p: ID!, $s: ID!, $a: ID!) {
-    practitioners { id name specialty active }
-    services { id name durationMinutes active practitionerIds }
+    practitioners { nodes { id name specialty active } }
+    services { nodes { id name durationMinutes active practitionerIds } }
     practitioner(id: $p) { id name }
     service(id: $s) { id name }
     schedule(practitionerId: $p) { rules { start end } exceptions { id date } }
@@ -167,9 +167,9 @@ async fn requests_without_a_valid_api_key_get_401_problem_details() {
         "a refused mutation was applied"
     );
     let practitioners = server
-        .gql_ok(&admin, "{ practitioners { id } }", json!({}))
+        .gql_ok(&admin, "{ practitioners { nodes { id } } }", json!({}))
         .await;
-    assert_eq!(practitioners["practitioners"], json!([]));
+    assert_eq!(practitioners["practitioners"]["nodes"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,6 +184,8 @@ async fn a_key_of_one_hospital_can_neither_read_nor_change_anything_of_another()
     server.gql_ok(&a.admin, BOOK, keyed).await;
     let b = set_up_hospital(&deployment, &server, "Hospital B").await;
     let view_of_a = json!({"p": a.practitioner, "s": a.checkup, "a": appointment});
+    server.settle(&a.admin).await;
+    server.settle(&b.admin).await;
     let a_before = server.gql_ok(&a.admin, VIEW, view_of_a.clone()).await;
     let a_events = deployment.event_counts(&a.tenant).await;
 
@@ -203,18 +205,18 @@ async fn a_key_of_one_hospital_can_neither_read_nor_change_anything_of_another()
             .collect()
     };
     assert_eq!(
-        ids(&seen_by_b["practitioners"]),
+        ids(&seen_by_b["practitioners"]["nodes"]),
         std::slice::from_ref(&b.practitioner)
     );
     let mut b_services = vec![b.checkup.clone(), b.consultation.clone()];
     b_services.sort();
-    let mut listed = ids(&seen_by_b["services"]);
+    let mut listed = ids(&seen_by_b["services"]["nodes"]);
     listed.sort();
     assert_eq!(listed, b_services);
     let slots = server
         .gql(
             &b.admin,
-            "query($p: ID!, $s: ID!, $d: NaiveDate!) { availableSlots(practitionerId: $p, serviceId: $s, from: $d, to: $d) { start } }",
+            "query($p: ID!, $s: ID!, $d: NaiveDate!) { availableSlots(practitionerIds: [$p], serviceId: $s, from: $d, to: $d) { nodes { start } } }",
             json!({"p": a.practitioner, "s": a.checkup, "d": days_ahead(6)}),
         )
         .await;

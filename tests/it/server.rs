@@ -751,7 +751,8 @@ pub fn instant(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// The starts of `availableSlots` of one practitioner and service on `from..=to`.
+/// The starts of `availableSlots` of one practitioner and service on
+/// `from..=to`, once the read models have caught up with every write so far.
 pub async fn slot_starts(
     server: &TestServer,
     key: &str,
@@ -760,16 +761,19 @@ pub async fn slot_starts(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Vec<DateTime<Utc>> {
+    server.settle(key).await;
     let data = server
         .gql_ok(
             key,
             "query($p: ID!, $s: ID!, $from: NaiveDate!, $to: NaiveDate!) {
-               availableSlots(practitionerId: $p, serviceId: $s, from: $from, to: $to) { start end remaining }
+               availableSlots(practitionerIds: [$p], serviceId: $s, from: $from, to: $to, first: 500) {
+                 nodes { start end remaining }
+               }
              }",
             json!({"p": practitioner, "s": service, "from": from, "to": to}),
         )
         .await;
-    data["availableSlots"]
+    data["availableSlots"]["nodes"]
         .as_array()
         .expect("a list of slots")
         .iter()
@@ -813,6 +817,38 @@ pub const EVERY_DAY: [&str; 7] = [
     "SATURDAY",
     "SUNDAY",
 ];
+
+impl TestServer {
+    /// Waits until the read models have applied every event of the key's
+    /// hospital written so far (the lists and searches are served from them).
+    pub async fn settle(&self, key: &str) {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .gql_ok(
+                    key,
+                    "query($a: String) { events(after: $a, first: 1000) { pageInfo { hasNextPage endCursor } } }",
+                    json!({"a": after}),
+                )
+                .await;
+            let info = &page["events"]["pageInfo"];
+            if let Some(cursor) = info["endCursor"].as_str() {
+                after = Some(cursor.to_owned());
+            }
+            if info["hasNextPage"] != json!(true) {
+                break;
+            }
+        }
+        if let Some(at) = after {
+            self.gql_ok(
+                key,
+                "query($at: String) { practitioners(first: 0, atLeast: $at) { pageInfo { hasNextPage } } }",
+                json!({"at": at}),
+            )
+            .await;
+        }
+    }
+}
 
 /// Makes a tenant and admin key with the CLI, then the practitioner, the
 /// schedule and the services through GraphQL.

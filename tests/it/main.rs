@@ -8,4 +8,5 @@ mod api_concurrency;
 mod api_restart;
 mod api_security;
 mod audit_chain;
+mod read_side;
 mod server;

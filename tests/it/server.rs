@@ -356,7 +356,7 @@ impl Deployment {
     }
 
     /// Rows of two text columns; `{T}` in `sql` stands for the tenant id.
-    async fn query_pairs(&self, tenant: &str, sql: &str) -> Vec<(String, String)> {
+    pub async fn query_pairs(&self, tenant: &str, sql: &str) -> Vec<(String, String)> {
         match &self.backend {
             Backend::Embedded { data_dir } => {
                 let path = data_dir.join("buktor.db");

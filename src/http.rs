@@ -331,10 +331,10 @@ async fn subscriptions(
             },
             (None, Some(p)) => p,
             (None, None) => {
-                return Err(async_graphql::Error::new(format!(
-                    "UNAUTHENTICATED: {}; or send {{\"authorization\": \"Bearer <key>\"}} in connection_init",
-                    AuthError::Missing
-                )))
+                // A close frame's reason holds at most 123 bytes.
+                return Err(async_graphql::Error::new(
+                    "UNAUTHENTICATED: send {\"authorization\": \"Bearer <key>\"} in connection_init",
+                ));
             }
         };
         let mut data = async_graphql::Data::default();

@@ -284,7 +284,9 @@ impl LiveFeed {
                 for event in page {
                     let position = event.position;
                     // No receivers is fine: nobody listens to this tenant now.
-                    let _ = channel.sender.send(Arc::new(LiveEvent { prev: head, event }));
+                    let _ = channel
+                        .sender
+                        .send(Arc::new(LiveEvent { prev: head, event }));
                     head = position;
                 }
                 channel.head = head;
@@ -299,8 +301,10 @@ impl LiveFeed {
 
     /// The tenant's events after `from` (exclusive), then every later event
     /// as it is stored, each exactly once and in position order. `from: None`
-    /// starts at the feed's current head: only events the feed publishes
-    /// after this call.
+    /// starts at the store's head when the stream starts: only events that
+    /// become readable later (the store is read to its end first, from the
+    /// feed's head, and what it has is skipped, as the feed may be a poll
+    /// behind).
     ///
     /// The hand-over from the store to the feed:
     /// 1. subscribe to the tenant's channel first, remembering the `prev` of
@@ -332,6 +336,7 @@ impl LiveFeed {
             rx: None,
             last: Position::START,
             replaying: false,
+            skipping: false,
             buffer: VecDeque::new(),
             done: false,
         };
@@ -350,6 +355,8 @@ struct Follow {
     /// The position of the last event delivered (or buffered to be).
     last: Position,
     replaying: bool,
+    /// While replaying, drop what is read instead of delivering it (`from: None`).
+    skipping: bool,
     buffer: VecDeque<RecordedEvent>,
     done: bool,
 }
@@ -375,7 +382,11 @@ impl Follow {
                     self.last = from;
                     self.replaying = true;
                 }
-                None => self.last = head,
+                None => {
+                    self.last = head;
+                    self.replaying = true;
+                    self.skipping = true;
+                }
             }
         }
         loop {
@@ -392,7 +403,11 @@ impl Follow {
                 if let Some(e) = page.last() {
                     self.last = e.position;
                 }
-                self.buffer.extend(page);
+                if self.skipping {
+                    self.skipping = self.replaying;
+                } else {
+                    self.buffer.extend(page);
+                }
                 continue;
             }
             let Some(rx) = self.rx.as_mut() else {
@@ -419,5 +434,151 @@ impl Follow {
                 Err(broadcast::error::RecvError::Closed) => return Err(LiveError::ShuttingDown),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AppendRequest, Directory, NewEvent, StreamAppend, TenantRecord};
+    use futures::StreamExt;
+
+    async fn store_with_tenants(n: usize) -> (Arc<dyn Store>, Vec<TenantId>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("buktor.db")).unwrap();
+        let mut tenants = Vec::new();
+        for i in 0..n {
+            let t = TenantRecord {
+                id: TenantId::new(),
+                name: format!("hospital {i}"),
+                time_zone: chrono_tz::Europe::Amsterdam,
+                created_at: chrono::Utc::now(),
+            };
+            store.create_tenant(&t).await.unwrap();
+            tenants.push(t.id);
+        }
+        (Arc::new(store), tenants, dir)
+    }
+
+    /// Appends `streams` one-event streams named `{prefix}-{i}` in one write.
+    async fn append(store: &dyn Store, tenant: TenantId, prefix: &str, streams: usize) {
+        let streams = (0..streams)
+            .map(|i| StreamAppend {
+                stream_id: format!("{prefix}-{i}"),
+                expected_version: 0,
+                events: vec![NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "Tested".into(),
+                    schema_version: 1,
+                    payload: serde_json::json!({ "i": i }),
+                    metadata: serde_json::json!({}),
+                }],
+            })
+            .collect();
+        store
+            .append(AppendRequest {
+                tenant,
+                streams,
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// A subscriber that does not read while the feed publishes far more than
+    /// the channel holds lags, reads the store again, and still gets every
+    /// event exactly once, in order, and then the live ones; another tenant's
+    /// events never reach it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_subscriber_loses_nothing() {
+        let (store, tenants, _dir) = store_with_tenants(2).await;
+        let (mine, other) = (tenants[0], tenants[1]);
+        append(&*store, mine, "before", 10).await;
+        let woken = Arc::new(Notify::new());
+        let feed = LiveFeed::new(store.clone(), woken.clone());
+        let mut events = Box::pin(feed.follow(mine, Some(Position::START)));
+        // The first item subscribes, then replays.
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!(first.stream_id, "before-0");
+
+        for batch in 0..(3 * CHANNEL_CAPACITY / 100 + 1) {
+            append(&*store, mine, &format!("during{batch}"), 100).await;
+            append(&*store, other, &format!("foreign{batch}"), 10).await;
+            woken.notify_one();
+        }
+        let expected = 10 + 100 * (3 * CHANNEL_CAPACITY / 100 + 1);
+        // Wait until the feed has published all of them, unread.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let head = feed.lock().get(&mine).map(|c| c.head);
+            let all = store
+                .read_all(mine, Position::START, usize::MAX)
+                .await
+                .unwrap();
+            if head == all.last().map(|e| e.position) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the feed did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut seen = vec![first];
+        while seen.len() < expected {
+            seen.push(events.next().await.unwrap().unwrap());
+        }
+        append(&*store, mine, "after", 1).await;
+        woken.notify_one();
+        let live = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the live event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.stream_id, "after-0");
+        seen.push(live);
+
+        let all = store
+            .read_all(mine, Position::START, usize::MAX)
+            .await
+            .unwrap();
+        let ids = |v: &[RecordedEvent]| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        assert_eq!(ids(&seen), ids(&all));
+        assert!(seen.iter().all(|e| e.tenant == mine));
+
+        // Stopping ends the stream.
+        feed.stop();
+        let end = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the stream ends");
+        assert!(matches!(end, Some(Err(LiveError::ShuttingDown))));
+        assert!(events.next().await.is_none());
+    }
+
+    /// `from: None` starts at the head: only later events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn following_from_now_skips_the_past() {
+        let (store, tenants, _dir) = store_with_tenants(1).await;
+        append(&*store, tenants[0], "old", 5).await;
+        let woken = Arc::new(Notify::new());
+        let feed = LiveFeed::new(store.clone(), woken.clone());
+        let mut events = Box::pin(feed.follow(tenants[0], None));
+        let writer = {
+            let store = store.clone();
+            let woken = woken.clone();
+            async move {
+                // Give the follow a moment to subscribe first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                append(&*store, tenants[0], "new", 3).await;
+                woken.notify_one();
+            }
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(events.next().await.unwrap().unwrap().stream_id);
+            }
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert_eq!(got, ["new-0", "new-1", "new-2"]);
     }
 }

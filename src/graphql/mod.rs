@@ -12,9 +12,7 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{
-    Context, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID,
-};
+use async_graphql::{Context, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID};
 use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
 use uuid::Uuid;
 

@@ -178,7 +178,11 @@ impl Matcher {
             }
             self.owners.insert(e.stream_id.clone(), p.clone());
         }
-        if self.types.as_ref().is_some_and(|t| !t.contains(&e.event_type)) {
+        if self
+            .types
+            .as_ref()
+            .is_some_and(|t| !t.contains(&e.event_type))
+        {
             return Ok(false);
         }
         if self

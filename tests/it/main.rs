@@ -5,6 +5,7 @@ mod support;
 mod api_bad_input;
 mod api_booking;
 mod api_concurrency;
+mod api_events;
 mod api_restart;
 mod api_security;
 mod audit_chain;

@@ -24,6 +24,9 @@ mod docs;
 mod envelope;
 pub mod slots;
 
+#[cfg(test)]
+mod tests;
+
 pub use docs::DocMap;
 pub use envelope::{Envelope, ProjectionError};
 

@@ -121,6 +121,16 @@ impl ReadSide {
         }
     }
 
+    /// The position every projection of the tenant has reached (the lowest).
+    pub async fn position(&self, tenant: TenantId) -> Result<Position, StoreError> {
+        let live = self.store.read_models().live_positions(tenant).await?;
+        Ok(buktor_projections::ALL
+            .iter()
+            .map(|name| live.get(*name).copied().unwrap_or_default())
+            .min()
+            .unwrap_or_default())
+    }
+
     /// Starts one runner per projection; they stop when `stop` turns true.
     pub fn spawn_runners(
         self: &Arc<Self>,

@@ -550,3 +550,123 @@ async fn the_checked_in_schema_is_what_the_server_serves() {
         "schema.graphql is stale: run `cargo run -- graphql schema > schema.graphql`"
     );
 }
+
+/// A graphql-transport-ws client: connects, authenticates in
+/// `connection_init`, subscribes, and yields each `next` payload.
+async fn subscribe(
+    server: &TestServer,
+    key: &str,
+    query: &str,
+    variables: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/graphql", server.url.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the WebSocket opens");
+    let init =
+        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {key}")}});
+    ws.send(Message::text(init.to_string())).await.unwrap();
+    loop {
+        let msg = ws.next().await.expect("an ack").unwrap();
+        if let Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "connection_ack", "{v}");
+            break;
+        }
+    }
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}});
+    ws.send(Message::text(subscribe.to_string())).await.unwrap();
+    ws
+}
+
+async fn next_payload(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket stays open")
+            .unwrap();
+        if let Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "next", "{v}");
+            return v["payload"].clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_changes_show_a_booking_and_a_cancellation_live() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "Live Hospital").await;
+    server.settle(&h.admin).await;
+    let day = days_ahead(4);
+    let mut ws = subscribe(
+        &server,
+        &h.admin,
+        "subscription($p: [ID!]!, $s: ID, $d: NaiveDate!) {
+           slotChanges(practitionerIds: $p, serviceId: $s, from: $d, to: $d) {
+             practitionerId date position slots { start }
+           }
+         }",
+        json!({"p": [h.practitioner], "s": h.checkup, "d": day}),
+    )
+    .await;
+    let starts_of = |payload: &Value| -> Vec<String> {
+        payload["data"]["slotChanges"]["slots"]
+            .as_array()
+            .unwrap_or_else(|| panic!("slots in {payload}"))
+            .iter()
+            .map(|s| iso(instant(&s["start"])))
+            .collect()
+    };
+    let nine = iso(local(day, 9, 0));
+    let first = next_payload(&mut ws).await;
+    assert_eq!(first["data"]["slotChanges"]["date"], json!(day));
+    assert!(starts_of(&first).contains(&nine), "{first}");
+
+    let (id, _) = book_for(&server, &h.admin, &h, local(day, 9, 0), "PAT-LIVE").await;
+    let after_booking = next_payload(&mut ws).await;
+    assert!(
+        !starts_of(&after_booking).contains(&nine),
+        "{after_booking}"
+    );
+    assert_eq!(starts_of(&after_booking).len(), starts_of(&first).len() - 1);
+
+    server.gql_ok(&h.admin, CANCEL, json!({"id": id})).await;
+    let after_cancel = next_payload(&mut ws).await;
+    assert_eq!(starts_of(&after_cancel), starts_of(&first));
+
+    // Another hospital's bookings of the same kind send nothing here, and
+    // its key cannot watch this practitioner.
+    let other = set_up_hospital(&deployment, &server, "Other Live Hospital").await;
+    book_for(&server, &other.admin, &other, local(day, 10, 0), "PAT-X").await;
+    let mut theirs = subscribe(
+        &server,
+        &other.admin,
+        "subscription($p: [ID!]!, $d: NaiveDate!) {
+           slotChanges(practitionerIds: $p, from: $d, to: $d) { slots { start } }
+         }",
+        json!({"p": [h.practitioner], "d": day}),
+    )
+    .await;
+    let seen = next_payload(&mut theirs).await;
+    assert_eq!(seen["data"]["slotChanges"]["slots"], json!([]), "{seen}");
+    book_for(&server, &h.admin, &h, local(day, 11, 0), "PAT-LIVE-2").await;
+    let mine = next_payload(&mut ws).await;
+    assert!(!starts_of(&mine).contains(&iso(local(day, 11, 0))));
+}

@@ -7,12 +7,15 @@
 mod events;
 mod inputs;
 mod read;
+mod slot_changes;
 mod subscriptions;
 mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, Error, ErrorExtensions, MergedObject, Object, Result, Schema, ID};
+use async_graphql::{
+    Context, Error, ErrorExtensions, MergedObject, MergedSubscription, Object, Result, Schema, ID,
+};
 use buktor_domain::{Actor, AppointmentId, PractitionerId, ServiceId, Source};
 use uuid::Uuid;
 
@@ -28,7 +31,11 @@ use types::*;
 pub use events::EventsQuery;
 pub use subscriptions::SubscriptionRoot;
 
-pub type BuktorSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+pub type BuktorSchema = Schema<QueryRoot, MutationRoot, Subscriptions>;
+
+/// Every subscription.
+#[derive(MergedSubscription, Default)]
+pub struct Subscriptions(SubscriptionRoot, slot_changes::SlotSubscription);
 
 /// What each request carries into resolvers, besides the principal.
 #[derive(Debug, Clone)]
@@ -44,7 +51,7 @@ pub struct RequestInfo {
 pub const MAX_COMPLEXITY: usize = 10_000;
 
 pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSchema {
-    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot::default(), MutationRoot, Subscriptions::default())
         .data(scheduler)
         .data(DataLoader::new(
             read::AppointmentLoader(read_side.clone()),
@@ -60,7 +67,7 @@ pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSche
 /// The schema in SDL, as `buktor graphql schema` prints it. It does not
 /// depend on any data, so it is built without a store.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot::default(), MutationRoot, Subscriptions::default())
         .finish()
         .sdl()
 }

@@ -387,8 +387,15 @@ fn assert_verified(output: &str) {
     }
 }
 
-/// Books `n` appointments at once, spread over `servers`; returns how many succeeded.
-async fn burst(servers: &[&TestServer], key: &str, h: &Hospital, from_day: u64, n: usize) -> usize {
+/// Books `n` appointments at once, spread over `servers`; returns how many
+/// succeeded and the last position among them.
+async fn burst(
+    servers: &[&TestServer],
+    key: &str,
+    h: &Hospital,
+    from_day: u64,
+    n: usize,
+) -> (usize, Option<String>) {
     let mut tasks = Vec::new();
     for i in 0..n {
         let server = servers[i % servers.len()];
@@ -403,11 +410,17 @@ async fn burst(servers: &[&TestServer], key: &str, h: &Hospital, from_day: u64, 
         );
         tasks.push(async move { server.gql(key, BOOK, json!({"input": input})).await });
     }
-    futures::future::join_all(tasks)
+    let positions: Vec<(i64, i64, String)> = futures::future::join_all(tasks)
         .await
         .iter()
-        .filter(|r| r.get("errors").is_none())
-        .count()
+        .filter_map(|r| r["data"]["bookAppointment"]["position"].as_str())
+        .map(|p| {
+            let (tx, seq) = p.split_once('.').unwrap();
+            (tx.parse().unwrap(), seq.parse().unwrap(), p.to_owned())
+        })
+        .collect();
+    let last = positions.iter().max().map(|(_, _, p)| p.clone());
+    (positions.len(), last)
 }
 
 async fn survives_kill_9_and_equals_a_rebuild(deployment: Deployment) {
@@ -478,7 +491,7 @@ async fn two_postgresql_instances_never_apply_an_event_twice_and_one_takes_over(
     let b = deployment.start().await;
     let h = set_up_hospital(&deployment, &a, "Shared Hospital").await;
     let key = h.admin.clone();
-    let booked = burst(&[&a, &b], &key, &h, 3, 120).await;
+    let (booked, _) = burst(&[&a, &b], &key, &h, 3, 120).await;
     assert!(booked > 100, "only {booked} of 120 bookings succeeded");
     b.settle(&key).await;
     a.settle(&key).await;
@@ -504,12 +517,16 @@ async fn a_rebuild_swaps_in_without_a_gap_in_answers() {
     let server = deployment.start().await;
     let h = set_up_hospital(&deployment, &server, "Busy Hospital").await;
     let key = h.admin.clone();
-    let booked = burst(&[&server], &key, &h, 3, 60).await;
+    let (booked, last) = burst(&[&server], &key, &h, 3, 60).await;
     server.settle(&key).await;
     let count = |v: &Value| v["patientAppointments"]["nodes"].as_array().unwrap().len();
     let baseline = count(
         &server
-            .gql_ok(&key, PATIENT, json!({"p": "PAT-0", "first": 500}))
+            .gql_ok(
+                &key,
+                PATIENT,
+                json!({"p": "PAT-0", "first": 500, "at": last}),
+            )
             .await,
     );
     assert!(baseline > 0 && booked > 50);

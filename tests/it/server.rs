@@ -822,6 +822,31 @@ impl TestServer {
     /// Waits until the read models have applied every event of the key's
     /// hospital written so far (the lists and searches are served from them).
     pub async fn settle(&self, key: &str) {
+        // On PostgreSQL the log shows an event only once every older
+        // transaction of the cluster has ended, so a head read while another
+        // test's transaction is open can be a little behind: read it again
+        // until it stops moving.
+        let mut settled: Option<String> = None;
+        loop {
+            let head = self.log_head(key).await;
+            if let Some(at) = &head {
+                self.gql_ok(
+                    key,
+                    "query($at: String) { practitioners(first: 0, atLeast: $at) { pageInfo { hasNextPage } } }",
+                    json!({"at": at}),
+                )
+                .await;
+            }
+            if head == settled {
+                return;
+            }
+            settled = head;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The position of the last event of the key's hospital the log shows.
+    async fn log_head(&self, key: &str) -> Option<String> {
         let mut after: Option<String> = None;
         loop {
             let page = self
@@ -836,16 +861,8 @@ impl TestServer {
                 after = Some(cursor.to_owned());
             }
             if info["hasNextPage"] != json!(true) {
-                break;
+                return after;
             }
-        }
-        if let Some(at) = after {
-            self.gql_ok(
-                key,
-                "query($at: String) { practitioners(first: 0, atLeast: $at) { pageInfo { hasNextPage } } }",
-                json!({"at": at}),
-            )
-            .await;
         }
     }
 }

@@ -60,7 +60,7 @@ impl AppState {
         let scheduler = Arc::new(Scheduler::new(store.clone(), clock, metrics.clone()));
         let read_side = ReadSide::new(store.clone());
         AppState {
-            live: LiveFeed::new(store.clone(), scheduler.appended().clone()),
+            live: LiveFeed::new(store.clone(), scheduler.watch_appends()),
             schema: crate::graphql::schema(scheduler.clone(), read_side.clone()),
             read_side,
             auth: Authenticator::new(store.clone()),

@@ -5,7 +5,7 @@
 //! [`EventStore::read_all`] (the order a follower can trust never to skip an
 //! event) and publishes each event on the tenant's `broadcast` channel. It
 //! polls every [`POLL_INTERVAL`] and wakes at once when this process appends
-//! (`Scheduler::appended`); writes of other instances on the same PostgreSQL
+//! (`Scheduler::watch_appends`); writes of other instances on the same PostgreSQL
 //! arrive with the next poll. Tenants without subscribers are polled only
 //! every [`IDLE_POLL_INTERVAL`], to keep their head current cheaply.
 //!
@@ -82,7 +82,10 @@ impl Channel {
 
 pub struct LiveFeed {
     store: Arc<dyn Store>,
-    appended: Arc<Notify>,
+    /// Changes after each append of this instance (`Scheduler::watch_appends`).
+    appends: Mutex<Option<watch::Receiver<u64>>>,
+    /// Wakes the follower when a subscriber arrives.
+    woken: Notify,
     runtime: Option<tokio::runtime::Handle>,
     channels: Mutex<HashMap<TenantId, Channel>>,
     started: std::sync::Once,
@@ -98,13 +101,14 @@ struct Subscribed {
 }
 
 impl LiveFeed {
-    /// A feed over `store`, woken by `appended`. Must be made inside the
+    /// A feed over `store`, woken by `appends`. Must be made inside the
     /// Tokio runtime the follower is to run on; nothing runs until the first
     /// subscription.
-    pub fn new(store: Arc<dyn Store>, appended: Arc<Notify>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, appends: watch::Receiver<u64>) -> Arc<Self> {
         Arc::new(LiveFeed {
             store,
-            appended,
+            appends: Mutex::new(Some(appends)),
+            woken: Notify::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             channels: Mutex::new(HashMap::new()),
             started: std::sync::Once::new(),
@@ -179,7 +183,7 @@ impl LiveFeed {
         if fresh {
             tracing::debug!(%tenant, "live feed follows a new tenant");
         }
-        self.appended.notify_one();
+        self.woken.notify_one();
         Ok(subscribed)
     }
 
@@ -188,6 +192,11 @@ impl LiveFeed {
         let mut stopped = self.stopped.subscribe();
         let mut last_refresh = None::<Instant>;
         let mut failures = 0u32;
+        let mut appends = self
+            .appends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         loop {
             if *stopped.borrow() {
                 break;
@@ -208,8 +217,21 @@ impl LiveFeed {
                     POLL_INTERVAL * 2u32.pow(failures.min(7))
                 }
             };
+            let appended = async {
+                match appends.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            // No writer in this process any more: poll only.
+                            appends = None;
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
-                _ = self.appended.notified() => {}
+                _ = appended => {}
+                _ = self.woken.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
@@ -494,8 +516,9 @@ mod tests {
         let (store, tenants, _dir) = store_with_tenants(2).await;
         let (mine, other) = (tenants[0], tenants[1]);
         append(&*store, mine, "before", 10).await;
-        let woken = Arc::new(Notify::new());
-        let feed = LiveFeed::new(store.clone(), woken.clone());
+        let (woken, appends) = watch::channel(0u64);
+        let woken = Arc::new(woken);
+        let feed = LiveFeed::new(store.clone(), appends);
         let mut events = Box::pin(feed.follow(mine, Some(Position::START)));
         // The first item subscribes, then replays.
         let first = events.next().await.unwrap().unwrap();
@@ -504,7 +527,7 @@ mod tests {
         for batch in 0..(3 * CHANNEL_CAPACITY / 100 + 1) {
             append(&*store, mine, &format!("during{batch}"), 100).await;
             append(&*store, other, &format!("foreign{batch}"), 10).await;
-            woken.notify_one();
+            woken.send_modify(|n| *n += 1);
         }
         let expected = 10 + 100 * (3 * CHANNEL_CAPACITY / 100 + 1);
         // Wait until the feed has published all of them, unread.
@@ -527,7 +550,7 @@ mod tests {
             seen.push(events.next().await.unwrap().unwrap());
         }
         append(&*store, mine, "after", 1).await;
-        woken.notify_one();
+        woken.send_modify(|n| *n += 1);
         let live = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
             .expect("the live event")
@@ -558,8 +581,9 @@ mod tests {
     async fn following_from_now_skips_the_past() {
         let (store, tenants, _dir) = store_with_tenants(1).await;
         append(&*store, tenants[0], "old", 5).await;
-        let woken = Arc::new(Notify::new());
-        let feed = LiveFeed::new(store.clone(), woken.clone());
+        let (woken, appends) = watch::channel(0u64);
+        let woken = Arc::new(woken);
+        let feed = LiveFeed::new(store.clone(), appends);
         let mut events = Box::pin(feed.follow(tenants[0], None));
         let writer = {
             let store = store.clone();
@@ -568,7 +592,7 @@ mod tests {
                 // Give the follow a moment to subscribe first.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 append(&*store, tenants[0], "new", 3).await;
-                woken.notify_one();
+                woken.send_modify(|n| *n += 1);
             }
         };
         let reader = async {

@@ -138,12 +138,9 @@ pub struct Scheduler {
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
     stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Signalled after every successful append, so the live feed
-    /// (`crate::live`) reads this instance's writes at once instead of at
-    /// its next poll.
-    appended: Arc<tokio::sync::Notify>,
-    /// Counts this instance's appends; the projection runners watch it to
-    /// apply a write at once rather than at their next poll.
+    /// Counts this instance's appends; the projection runners and the live
+    /// feed (`crate::live`) watch it to read a write at once rather than at
+    /// their next poll.
     appends: tokio::sync::watch::Sender<u64>,
 }
 
@@ -222,14 +219,8 @@ impl Scheduler {
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            appended: Arc::new(tokio::sync::Notify::new()),
             appends: tokio::sync::watch::Sender::new(0),
         }
-    }
-
-    /// Notified (`notify_one`) after each successful append of this instance.
-    pub fn appended(&self) -> &Arc<tokio::sync::Notify> {
-        &self.appended
     }
 
     /// Changes after each successful append of this instance.
@@ -438,7 +429,6 @@ impl Scheduler {
                 idempotency,
             })
             .await?;
-        self.appended.notify_one();
         self.appends.send_modify(|n| *n = n.wrapping_add(1));
         Ok(CommandOutcome {
             id,

@@ -38,7 +38,10 @@ CREATE TABLE projection_docs (
     tenant_id  uuid   NOT NULL,
     key        text   COLLATE "C" NOT NULL,
     index_key  text   COLLATE "C",
-    doc        jsonb  NOT NULL,
+    -- JSON as the server serialized it (fields in a fixed order), kept as
+    -- text: documents are only ever read whole, never queried inside, and
+    -- text equality is what `verify` compares.
+    doc        text   NOT NULL,
     CONSTRAINT projection_docs_pkey PRIMARY KEY (projection, generation, tenant_id, key)
 );
 

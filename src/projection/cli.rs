@@ -87,9 +87,10 @@ fn names(name: Option<String>) -> anyhow::Result<Vec<&'static str>> {
 pub async fn run(store: &dyn Store, command: ProjectionsCommand) -> anyhow::Result<i32> {
     match command {
         ProjectionsCommand::Rebuild { name, quiet } => {
-            for name in names(name)? {
-                let mut bar = Bar { bar: None, quiet };
-                let report = rebuild::rebuild(store, name, &mut bar).await?;
+            // All of them in one pass over the store.
+            let names = names(name)?;
+            let mut bar = Bar { bar: None, quiet };
+            for report in rebuild::rebuild_many(store, &names, &mut bar).await? {
                 println!(
                     "{}: rebuilt generation {} from {} events in {:.1} s ({:.0} events/s){}",
                     report.projection,

@@ -71,15 +71,42 @@ pub trait Fold: Send + Sync {
         batch: usize,
     ) -> Result<Step, FoldError>;
 
+    /// Applies `events` (the tenant's next ones after `from`, in order) in
+    /// one transaction.
+    async fn fold(
+        &mut self,
+        store: &dyn Store,
+        generation: i64,
+        tenant: TenantId,
+        from: Position,
+        events: &[RecordedEvent],
+    ) -> Result<Step, FoldError>;
+
     /// Forgets cached documents (after another writer may have changed them).
     fn forget(&mut self);
+
+    /// Declares that this folder alone fills `generation`, which started
+    /// empty: a document it never wrote cannot exist, so it is not looked up.
+    fn fill_fresh(&mut self, generation: i64);
 }
 
 /// Keeps the documents it wrote between batches: while its checkpoint
 /// compare succeeds nobody else wrote this generation, so they are current.
 pub struct Folder<P: Projection> {
     cache: std::collections::HashMap<TenantId, (i64, DocMap<P::Doc>)>,
+    /// For a generation this folder fills alone from empty: hashes of the
+    /// keys it has written. A key not in it has no document (a hash
+    /// collision only costs a needless lookup).
+    fresh: Option<(i64, std::collections::HashSet<u64>)>,
     _projection: PhantomData<P>,
+}
+
+fn key_hash(tenant: TenantId, key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tenant.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// Documents kept between batches, at most.
@@ -89,6 +116,7 @@ impl<P: Projection> Default for Folder<P> {
     fn default() -> Self {
         Folder {
             cache: Default::default(),
+            fresh: None,
             _projection: PhantomData,
         }
     }
@@ -102,6 +130,11 @@ impl<P: Projection> Fold for Folder<P> {
 
     fn forget(&mut self) {
         self.cache.clear();
+        self.fresh = None;
+    }
+
+    fn fill_fresh(&mut self, generation: i64) {
+        self.fresh = Some((generation, Default::default()));
     }
 
     async fn step(
@@ -117,6 +150,17 @@ impl<P: Projection> Fold for Folder<P> {
         if let Some(until) = until {
             events.retain(|e| e.position <= until);
         }
+        self.fold(store, generation, tenant, from, &events).await
+    }
+
+    async fn fold(
+        &mut self,
+        store: &dyn Store,
+        generation: i64,
+        tenant: TenantId,
+        from: Position,
+        events: &[RecordedEvent],
+    ) -> Result<Step, FoldError> {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(Step::CaughtUp);
         };
@@ -125,11 +169,21 @@ impl<P: Projection> Fold for Folder<P> {
             Some((g, docs)) if g == generation && docs.len() < CACHE_LIMIT => docs,
             _ => DocMap::new(),
         };
-        let wanted: BTreeSet<String> = events
-            .iter()
-            .flat_map(|e| P::keys(&envelope(e)))
-            .filter(|k| !docs.knows(k))
-            .collect();
+        let fresh = match &self.fresh {
+            Some((g, written)) if *g == generation => Some(written),
+            _ => None,
+        };
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        for key in events.iter().flat_map(|e| P::keys(&envelope(e))) {
+            if docs.knows(&key) {
+                continue;
+            }
+            if fresh.is_some_and(|written| !written.contains(&key_hash(tenant, &key))) {
+                docs.loaded(key, None);
+            } else {
+                wanted.insert(key);
+            }
+        }
         if !wanted.is_empty() {
             let wanted: Vec<String> = wanted.into_iter().collect();
             let rows = store
@@ -148,12 +202,16 @@ impl<P: Projection> Fold for Folder<P> {
                 docs.loaded(key, None);
             }
         }
-        for e in &events {
+        for e in events {
             P::apply(&envelope(e), &mut docs).map_err(|source| FoldError::Event {
                 position: e.position,
                 source,
             })?;
         }
+        let written_before = match &self.fresh {
+            Some((g, written)) if *g == generation => Some(written),
+            _ => None,
+        };
         let writes: Vec<DocWrite> = docs
             .changes()
             .map(|(key, doc)| DocWrite {
@@ -161,6 +219,8 @@ impl<P: Projection> Fold for Folder<P> {
                 index_key: doc.and_then(P::index_key),
                 // Our own document types always serialize.
                 doc: doc.map(|d| serde_json::to_string(d).unwrap_or_default()),
+                is_new: written_before
+                    .is_some_and(|written| !written.contains(&key_hash(tenant, key))),
             })
             .collect();
         store
@@ -175,6 +235,11 @@ impl<P: Projection> Fold for Folder<P> {
                 &writes,
             )
             .await?;
+        if let Some((g, written)) = &mut self.fresh {
+            if *g == generation {
+                written.extend(writes.iter().map(|w| key_hash(tenant, &w.key)));
+            }
+        }
         docs.mark_clean();
         self.cache.insert(tenant, (generation, docs));
         Ok(Step::Applied {

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use buktor_domain::TenantId;
 
-use super::{folder, FoldError, Step};
+use super::{folder, FoldError};
 use crate::store::{DocDifference, GenerationStatus, Position, Store, StoreError};
 
-/// Events per transaction while rebuilding.
-pub const REBUILD_BATCH: usize = 5_000;
+/// Events per transaction while rebuilding: large, so that a document many
+/// events touch (a busy practitioner-day) is written once per batch, not
+/// once per event. A crash mid-rebuild only leaves a generation that is
+/// never made live.
+pub const REBUILD_BATCH: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -75,42 +78,151 @@ async fn expected_events(store: &dyn Store, name: &str) -> Result<u64, RebuildEr
         .sum())
 }
 
-/// Folds every tenant's events into `generation`, up to `targets` (per
-/// tenant, inclusive) when given, else to the end of the store.
+/// One projection being filled into a generation of its own.
+struct Target {
+    fold: Box<dyn super::Fold>,
+    generation: i64,
+}
+
+impl Target {
+    fn new(name: &str, generation: i64) -> Result<Self, RebuildError> {
+        let mut fold = folder(name).ok_or_else(|| RebuildError::UnknownProjection(name.into()))?;
+        fold.fill_fresh(generation);
+        Ok(Target { fold, generation })
+    }
+}
+
+/// Folds every tenant's events into each target's generation, up to `until`
+/// (per tenant, inclusive) when given, else to the end of the store. The
+/// store is read once for all targets; each batch is folded into them
+/// concurrently, each in its own transaction. Returns the events read.
 async fn fill(
     store: &dyn Store,
-    name: &str,
-    generation: i64,
-    targets: Option<&HashMap<TenantId, Position>>,
+    targets: &mut [Target],
+    until: Option<&HashMap<TenantId, Position>>,
     progress: &mut dyn Progress,
-) -> Result<u64, RebuildError> {
-    let mut fold = folder(name).ok_or_else(|| RebuildError::UnknownProjection(name.into()))?;
-    let done = store.read_models().checkpoints(name, generation).await?;
-    let mut applied = 0;
+    read: &mut u64,
+) -> Result<(), RebuildError> {
+    let mut done = Vec::with_capacity(targets.len());
+    for t in targets.iter() {
+        done.push(
+            store
+                .read_models()
+                .checkpoints(t.fold.name(), t.generation)
+                .await?,
+        );
+    }
     for tenant in store.tenants().await? {
-        let until = match targets {
-            Some(t) => Some(t.get(&tenant.id).copied().unwrap_or_default()),
-            None => None,
-        };
-        let mut at = done.get(&tenant.id).map(|c| c.position).unwrap_or_default();
+        let until = until.map(|u| u.get(&tenant.id).copied().unwrap_or_default());
+        let mut at: Vec<Position> = done
+            .iter()
+            .map(|d| d.get(&tenant.id).map(|c| c.position).unwrap_or_default())
+            .collect();
         loop {
-            if until.is_some_and(|u| at >= u) {
+            let Some(from) = at.iter().min().copied() else {
+                return Ok(());
+            };
+            if until.is_some_and(|u| from >= u) {
                 break;
             }
-            match fold
-                .step(store, generation, tenant.id, at, until, REBUILD_BATCH)
-                .await?
-            {
-                Step::CaughtUp => break,
-                Step::Applied { to, events } => {
-                    at = to;
-                    applied += events as u64;
-                    progress.advanced(applied);
-                }
+            let mut events = store.read_all(tenant.id, from, REBUILD_BATCH).await?;
+            if let Some(u) = until {
+                events.retain(|e| e.position <= u);
             }
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            let events = &events;
+            futures::future::try_join_all(targets.iter_mut().zip(at.iter()).map(|(t, a)| {
+                let unseen = &events[events.partition_point(|e| e.position <= *a)..];
+                t.fold.fold(store, t.generation, tenant.id, *a, unseen)
+            }))
+            .await?;
+            for a in at.iter_mut() {
+                *a = (*a).max(last);
+            }
+            *read += events.len() as u64;
+            progress.advanced(*read);
         }
     }
-    Ok(applied)
+    Ok(())
+}
+
+/// Rebuilds projections (all of them when `names` is empty) into new
+/// generations, reading the store once, and makes them live.
+pub async fn rebuild_many(
+    store: &dyn Store,
+    names: &[&str],
+    progress: &mut dyn Progress,
+) -> Result<Vec<RebuildReport>, RebuildError> {
+    let mut projections: Vec<&'static str> = Vec::new();
+    for name in names {
+        projections.push(
+            buktor_projections::ALL
+                .into_iter()
+                .find(|p| p == name)
+                .ok_or_else(|| RebuildError::UnknownProjection((*name).into()))?,
+        );
+    }
+    if projections.is_empty() {
+        projections = buktor_projections::ALL.to_vec();
+    }
+    let started = Instant::now();
+    let mut expected = 0;
+    for p in &projections {
+        expected = expected.max(expected_events(store, p).await?);
+    }
+    progress.started(&projections.join(", "), expected);
+    let mut targets = Vec::new();
+    for p in &projections {
+        let generation = store
+            .read_models()
+            .new_generation(p, GenerationStatus::Building)
+            .await?;
+        targets.push(Target::new(p, generation)?);
+    }
+    let mut read = 0;
+    let result = async {
+        fill(store, &mut targets, None, progress, &mut read).await?;
+        // The tail written while filling, then the swaps.
+        fill(store, &mut targets, None, progress, &mut read).await?;
+        let mut replaced = Vec::new();
+        for t in &targets {
+            replaced.push(
+                store
+                    .read_models()
+                    .promote(t.fold.name(), t.generation)
+                    .await?,
+            );
+        }
+        Ok::<_, RebuildError>(replaced)
+    }
+    .await;
+    progress.finished();
+    match result {
+        Ok(replaced) => Ok(targets
+            .iter()
+            .zip(replaced)
+            .zip(&projections)
+            .map(|((t, replaced), projection)| RebuildReport {
+                projection,
+                generation: t.generation,
+                replaced,
+                events: read,
+                elapsed: started.elapsed(),
+            })
+            .collect()),
+        Err(e) => {
+            // Leave nothing half-built behind.
+            for t in &targets {
+                let _ = store
+                    .read_models()
+                    .drop_generation(t.fold.name(), t.generation)
+                    .await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Rebuilds one projection into a new generation and makes it live.
@@ -119,42 +231,10 @@ pub async fn rebuild(
     name: &str,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, RebuildError> {
-    let projection = buktor_projections::ALL
-        .into_iter()
-        .find(|p| *p == name)
-        .ok_or_else(|| RebuildError::UnknownProjection(name.into()))?;
-    let started = Instant::now();
-    progress.started(projection, expected_events(store, projection).await?);
-    let generation = store
-        .read_models()
-        .new_generation(projection, GenerationStatus::Building)
-        .await?;
-    let result = async {
-        let events = fill(store, projection, generation, None, progress).await?;
-        // The tail written while filling, then the swap.
-        let tail = fill(store, projection, generation, None, progress).await?;
-        let replaced = store.read_models().promote(projection, generation).await?;
-        Ok::<_, RebuildError>((events + tail, replaced))
-    }
-    .await;
-    progress.finished();
-    match result {
-        Ok((events, replaced)) => Ok(RebuildReport {
-            projection,
-            generation,
-            replaced,
-            events,
-            elapsed: started.elapsed(),
-        }),
-        Err(e) => {
-            // Leave nothing half-built behind.
-            let _ = store
-                .read_models()
-                .drop_generation(projection, generation)
-                .await;
-            Err(e)
-        }
-    }
+    let mut reports = rebuild_many(store, &[name], progress).await?;
+    reports
+        .pop()
+        .ok_or_else(|| RebuildError::UnknownProjection(name.into()))
 }
 
 #[derive(Debug, Clone)]
@@ -188,11 +268,12 @@ pub async fn verify(
         .read_models()
         .new_generation(projection, GenerationStatus::Scratch)
         .await?;
+    let mut target = [Target::new(projection, scratch)?];
     let result = async {
         let mut events = 0;
         for _ in 0..ATTEMPTS {
             let targets = positions(store, projection, live).await?;
-            events += fill(store, projection, scratch, Some(&targets), progress).await?;
+            fill(store, &mut target, Some(&targets), progress, &mut events).await?;
             let differences = store
                 .read_models()
                 .diff_generations(projection, live, scratch, MAX_DIFFERENCES)

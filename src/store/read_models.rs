@@ -21,6 +21,9 @@ pub struct DocWrite {
     pub index_key: Option<String>,
     /// Serialized JSON.
     pub doc: Option<String>,
+    /// Known not to be stored yet (a rebuild's fresh generation): the
+    /// backend may insert it without looking for an existing row.
+    pub is_new: bool,
 }
 
 /// A stored document: key and JSON.

@@ -427,16 +427,40 @@ async fn survives_kill_9_and_equals_a_rebuild(deployment: Deployment) {
     let mut server = deployment.start().await;
     let h = set_up_hospital(&deployment, &server, "Crash Hospital").await;
     let key = h.admin.clone();
-    // Kill the server in the middle of a burst of bookings, while its
-    // runners are applying them.
+    // Kill the server in the middle of a burst of bookings: once the first
+    // 30 are acknowledged, while the others are in flight and its runners
+    // are applying what was written.
     {
-        let servers = [&server];
-        let bookings = burst(&servers, &key, &h, 3, 160);
-        tokio::pin!(bookings);
-        tokio::select! {
-            _ = &mut bookings => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => {}
+        use futures::StreamExt;
+        let mut in_flight: futures::stream::FuturesUnordered<_> = (0..200usize)
+            .map(|i| {
+                let day = days_ahead(3 + (i / 40) as u64);
+                let k = 32 + (i % 40) as u32;
+                let input = book_input(
+                    &h.practitioner,
+                    &h.checkup,
+                    local(day, k / 4, (k % 4) * 15),
+                    "PAT-K",
+                );
+                let server = &server;
+                let key = key.as_str();
+                async move { server.gql(key, BOOK, json!({"input": input})).await }
+            })
+            .collect();
+        let mut acknowledged = 0;
+        while let Some(r) = in_flight.next().await {
+            if r["data"]["bookAppointment"]["id"].is_string() {
+                acknowledged += 1;
+            }
+            if acknowledged == 30 {
+                break;
+            }
         }
+        assert_eq!(acknowledged, 30, "the burst did not get going");
+        assert!(
+            !in_flight.is_empty(),
+            "every booking finished before the kill"
+        );
     }
     server.kill9().await;
     server.restart().await;

@@ -304,7 +304,7 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     let (stop_runners, runners_stop) = tokio::sync::watch::channel(false);
     let runners = state
         .read_side
-        .spawn_runners(state.scheduler.watch_appends(), runners_stop);
+        .spawn_runners(state.scheduler.append_signal().clone(), runners_stop);
     let app = Application::build(&config, state).context("cannot bind the listen address")?;
     let url = format!("http://{}", app.addr);
     // Tests and scripts read this line to find the port.

@@ -14,6 +14,7 @@ mod queries;
 
 pub use commands::*;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -128,6 +129,49 @@ impl Clock for OffsetClock {
     }
 }
 
+/// Counts this instance's appends and remembers, per hospital, the count
+/// at its last append: a follower that saw count `n` knows which hospitals
+/// have new events since, without polling the others.
+#[derive(Default)]
+pub struct AppendSignal {
+    counter: tokio::sync::watch::Sender<u64>,
+    last: std::sync::Mutex<HashMap<TenantId, u64>>,
+}
+
+impl AppendSignal {
+    fn record(&self, tenant: TenantId) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut count = 0;
+        self.counter.send_modify(|n| {
+            *n += 1;
+            count = *n;
+        });
+        last.insert(tenant, count);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.counter.subscribe()
+    }
+
+    /// The current count and the hospitals appended for after count `seen`.
+    pub fn since(&self, seen: u64) -> (u64, Vec<TenantId>) {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = *self.counter.borrow();
+        let tenants = last
+            .iter()
+            .filter(|(_, n)| **n > seen)
+            .map(|(t, _)| *t)
+            .collect();
+        (now, tenants)
+    }
+}
+
 pub struct Scheduler {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -138,10 +182,10 @@ pub struct Scheduler {
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
     stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Counts this instance's appends; the projection runners and the live
-    /// feed (`crate::live`) watch it to read a write at once rather than at
-    /// their next poll.
-    appends: tokio::sync::watch::Sender<u64>,
+    /// This instance's appends, for the projection runners and the live
+    /// feed (`crate::live`) to read a write at once rather than at their
+    /// next poll.
+    appends: Arc<AppendSignal>,
 }
 
 /// Events for one stream, typed until they are encoded.
@@ -219,13 +263,18 @@ impl Scheduler {
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            appends: tokio::sync::watch::Sender::new(0),
+            appends: Arc::new(AppendSignal::default()),
         }
     }
 
     /// Changes after each successful append of this instance.
     pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.appends.subscribe()
+        self.appends.counter.subscribe()
+    }
+
+    /// Which hospitals this instance appended for, and when.
+    pub fn append_signal(&self) -> &Arc<AppendSignal> {
+        &self.appends
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -429,7 +478,7 @@ impl Scheduler {
                 idempotency,
             })
             .await?;
-        self.appends.send_modify(|n| *n = n.wrapping_add(1));
+        self.appends.record(tenant);
         Ok(CommandOutcome {
             id,
             position: stored.iter().map(|e| e.position).max(),

@@ -26,8 +26,12 @@ use crate::store::{Position, Store, StoreError};
 
 /// Events a runner applies per transaction.
 pub const LIVE_BATCH: usize = 500;
-/// How often an idle runner looks for events written by other instances.
+/// How often a runner looks for events of a hospital that just had some;
+/// each empty look doubles the wait for that hospital, up to
+/// [`IDLE_POLL`]. Writes of this instance wake the runner at once, so the
+/// polls only find other instances' writes.
 const POLL: Duration = Duration::from_millis(25);
+const IDLE_POLL: Duration = Duration::from_millis(400);
 /// How often a runner without the lease tries to take it.
 const LEASE_RETRY: Duration = Duration::from_millis(500);
 /// How often a runner re-reads the tenant list and the live generation.
@@ -134,7 +138,7 @@ impl ReadSide {
     /// Starts one runner per projection; they stop when `stop` turns true.
     pub fn spawn_runners(
         self: &Arc<Self>,
-        appends: watch::Receiver<u64>,
+        appends: Arc<crate::app::AppendSignal>,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         buktor_projections::ALL
@@ -158,7 +162,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 async fn run(
     side: Arc<ReadSide>,
     mut fold: Box<dyn Fold>,
-    mut appends: watch::Receiver<u64>,
+    appends: Arc<crate::app::AppendSignal>,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = fold.name();
@@ -185,7 +189,7 @@ async fn run(
         };
         tracing::info!(projection = name, "projection runner leads");
         fold.forget();
-        if let Err(e) = lead(&side, fold.as_mut(), &lease, &mut appends, &mut stop).await {
+        if let Err(e) = lead(&side, fold.as_mut(), &lease, &appends, &mut stop).await {
             tracing::error!(projection = name, error = %e, "projection runner failed; retrying");
             if sleep_or_stop(LEASE_RETRY * 2, &mut stop).await {
                 return;
@@ -200,9 +204,10 @@ async fn lead(
     side: &ReadSide,
     fold: &mut dyn Fold,
     lease: &crate::store::Lease,
-    appends: &mut watch::Receiver<u64>,
+    signal: &crate::app::AppendSignal,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), FoldError> {
+    use tokio::time::Instant;
     let name = fold.name();
     let store = side.store.as_ref();
     let mut generation = store.read_models().live_generation(name).await?;
@@ -214,7 +219,11 @@ async fn lead(
         .map(|(t, c)| (t, c.position))
         .collect();
     let mut tenants: Vec<TenantId> = Vec::new();
-    let mut refreshed = tokio::time::Instant::now() - REFRESH;
+    let mut refreshed = Instant::now() - REFRESH;
+    let mut appends = signal.subscribe();
+    let mut seen = 0;
+    // Per hospital: when to look next, and how long the last wait was.
+    let mut due: HashMap<TenantId, (Instant, Duration)> = HashMap::new();
     loop {
         if *stop.borrow() || !lease.is_alive() {
             return Ok(());
@@ -238,19 +247,35 @@ async fn lead(
                     .map(|(t, c)| (t, c.position))
                     .collect();
             }
-            refreshed = tokio::time::Instant::now();
+            refreshed = Instant::now();
+        }
+        // Marked first: an append after this wakes the wait below.
+        appends.mark_unchanged();
+        let (count, woken) = signal.since(seen);
+        seen = count;
+        let now = Instant::now();
+        for tenant in woken {
+            due.insert(tenant, (now, POLL));
         }
         let mut busy = false;
         for tenant in &tenants {
+            let (at, wait) = *due.entry(*tenant).or_insert((now, POLL));
+            if at > now {
+                continue;
+            }
             let from = checkpoints.get(tenant).copied().unwrap_or_default();
             side.record(*tenant, name, from);
             match fold
                 .step(store, generation, *tenant, from, None, LIVE_BATCH)
                 .await
             {
-                Ok(Step::CaughtUp) => {}
+                Ok(Step::CaughtUp) => {
+                    let wait = (wait * 2).min(IDLE_POLL);
+                    due.insert(*tenant, (Instant::now() + wait, wait));
+                }
                 Ok(Step::Applied { to, .. }) => {
                     busy = true;
+                    due.insert(*tenant, (Instant::now(), POLL));
                     checkpoints.insert(*tenant, to);
                     side.record(*tenant, name, to);
                 }
@@ -266,21 +291,22 @@ async fn lead(
                     busy = true;
                 }
                 Err(FoldError::Store(StoreError::NoSuchGeneration { .. })) => {
-                    refreshed = tokio::time::Instant::now() - REFRESH;
+                    refreshed = Instant::now() - REFRESH;
                     busy = true;
                 }
                 Err(e) => return Err(e),
             }
         }
         if !busy {
+            let next = due
+                .values()
+                .map(|(at, _)| *at)
+                .min()
+                .unwrap_or_else(|| Instant::now() + IDLE_POLL)
+                .min(refreshed + REFRESH);
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                changed = appends.changed() => {
-                    if changed.is_err() {
-                        // No writer in this process any more: poll only.
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
+                _ = tokio::time::sleep_until(next) => {}
+                _ = appends.changed() => {}
                 _ = stop.changed() => {}
             }
         }

@@ -51,6 +51,9 @@ pub struct ReadSide {
     store: Arc<dyn Store>,
     positions: Mutex<HashMap<(TenantId, &'static str), Position>>,
     moved: Notify,
+    /// The projections whose runner in this process holds the lease: their
+    /// positions are known here without asking the database.
+    leading: Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl ReadSide {
@@ -59,6 +62,7 @@ impl ReadSide {
             store,
             positions: Mutex::new(HashMap::new()),
             moved: Notify::new(),
+            leading: Mutex::new(Default::default()),
         })
     }
 
@@ -77,6 +81,29 @@ impl ReadSide {
         }
         drop(positions);
         self.moved.notify_waiters();
+    }
+
+    /// A new generation may stand behind the old one: forget what was
+    /// recorded for the projection, so that waits go by the new one.
+    fn restart(&self, projection: &'static str) {
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(_, name), _| *name != projection);
+    }
+
+    fn set_leading(&self, projection: &'static str, leads: bool) {
+        let mut leading = self.leading.lock().unwrap_or_else(PoisonError::into_inner);
+        if leads {
+            leading.insert(projection);
+        } else {
+            leading.remove(projection);
+        }
+    }
+
+    fn leads_all(&self) -> bool {
+        let leading = self.leading.lock().unwrap_or_else(PoisonError::into_inner);
+        buktor_projections::ALL.iter().all(|p| leading.contains(p))
     }
 
     fn reached(&self, tenant: TenantId, wanted: Position) -> bool {
@@ -101,18 +128,25 @@ impl ReadSide {
         timeout: Duration,
     ) -> Result<(), WaitError> {
         let started = tokio::time::Instant::now();
+        let mut asked: Option<tokio::time::Instant> = None;
         loop {
             let moved = self.moved.notified();
             if self.reached(tenant, wanted) {
                 return Ok(());
             }
-            for (name, at) in self.store.read_models().live_positions(tenant).await? {
-                if let Some(name) = buktor_projections::ALL.iter().find(|n| **n == name) {
-                    self.record(tenant, name, at);
+            // When this process runs every projection, its runners report
+            // each commit here; the database is asked only as a safety net.
+            let ask_every = if self.leads_all() { LEASE_RETRY } else { POLL };
+            if asked.is_none_or(|at| at.elapsed() >= ask_every) {
+                asked = Some(tokio::time::Instant::now());
+                for (name, at) in self.store.read_models().live_positions(tenant).await? {
+                    if let Some(name) = buktor_projections::ALL.iter().find(|n| **n == name) {
+                        self.record(tenant, name, at);
+                    }
                 }
-            }
-            if self.reached(tenant, wanted) {
-                return Ok(());
+                if self.reached(tenant, wanted) {
+                    return Ok(());
+                }
             }
             let elapsed = started.elapsed();
             if elapsed >= timeout {
@@ -189,7 +223,10 @@ async fn run(
         };
         tracing::info!(projection = name, "projection runner leads");
         fold.forget();
-        if let Err(e) = lead(&side, fold.as_mut(), &lease, &appends, &mut stop).await {
+        side.set_leading(name, true);
+        let led = lead(&side, fold.as_mut(), &lease, &appends, &mut stop).await;
+        side.set_leading(name, false);
+        if let Err(e) = led {
             tracing::error!(projection = name, error = %e, "projection runner failed; retrying");
             if sleep_or_stop(LEASE_RETRY * 2, &mut stop).await {
                 return;
@@ -239,6 +276,8 @@ async fn lead(
                 );
                 generation = live;
                 fold.forget();
+                side.restart(name);
+                due.clear();
                 checkpoints = store
                     .read_models()
                     .checkpoints(name, generation)

@@ -1691,6 +1691,15 @@ fn audit_trail_records_who_when_where_and_why_once_per_event() {
     let after = audit.get(&a.to_string()).unwrap();
     assert_eq!(after.entries.len(), 3);
     assert_eq!(serde_json::to_string(after).unwrap(), before);
+
+    // Nor does it roll the appointment back to an earlier state.
+    let mut appointments = fold::<Appointments>(&w.log);
+    let before = serde_json::to_string(appointments.get(&a.to_string()).unwrap()).unwrap();
+    for version in [1, 2] {
+        Appointments::apply(&w.event(&stream, version).envelope(), &mut appointments).unwrap();
+    }
+    let after = serde_json::to_string(appointments.get(&a.to_string()).unwrap()).unwrap();
+    assert_eq!(after, before);
 }
 
 // ---------------------------------------------------------------------------

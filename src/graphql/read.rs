@@ -319,6 +319,52 @@ impl Loader<(TenantId, AppointmentId)> for AppointmentLoader {
     }
 }
 
+/// A page of a list read in id order and filtered afterwards: reads on
+/// until the page is full or the list ends.
+async fn filtered_page<I, T, N, F>(
+    size: usize,
+    after: Option<I>,
+    mut fetch: impl FnMut(Option<I>, usize) -> F,
+    id_of: impl Fn(&T) -> I,
+    keep: impl Fn(&T) -> bool,
+    node: impl Fn(T) -> N,
+) -> Result<Connection<String, N>>
+where
+    I: Copy + std::fmt::Display,
+    N: async_graphql::OutputType,
+    F: std::future::Future<Output = Result<Vec<T>, ViewError>>,
+{
+    let step = size.max(1) * 2;
+    let mut items = Vec::new();
+    let mut cursor = after;
+    let mut more = false;
+    loop {
+        let batch = fetch(cursor, step).await.map_err(view_error)?;
+        let exhausted = batch.len() < step;
+        for item in batch {
+            cursor = Some(id_of(&item));
+            if !keep(&item) {
+                continue;
+            }
+            if items.len() == size {
+                more = true;
+                break;
+            }
+            items.push(item);
+        }
+        if more || exhausted {
+            break;
+        }
+    }
+    let mut connection = Connection::new(after.is_some(), more);
+    connection.edges.extend(
+        items
+            .into_iter()
+            .map(|item| Edge::new(id_of(&item).to_string(), node(item))),
+    );
+    Ok(connection)
+}
+
 fn slot_cursor(s: &AvailableSlot) -> String {
     format!(
         "{}|{}|{}",
@@ -357,41 +403,20 @@ impl ReadQuery {
             .transpose()?;
         let tenant = principal(ctx).tenant_id();
         let side = read_side(ctx);
-        // Filters apply after the scan: read on until the page is full.
-        let mut items = Vec::new();
-        let mut cursor = after;
-        let mut more = false;
-        loop {
-            let batch = side
-                .practitioners(tenant, cursor, size.max(1) * 2)
-                .await
-                .map_err(view_error)?;
-            let exhausted = batch.len() < size.max(1) * 2;
-            for p in batch {
-                cursor = Some(p.id);
-                let keep = (include_inactive || p.active)
+        filtered_page(
+            size,
+            after,
+            |cursor, n| side.practitioners(tenant, cursor, n),
+            |p| p.id,
+            |p| {
+                (include_inactive || p.active)
                     && specialty
                         .as_deref()
-                        .is_none_or(|s| p.details.specialty.as_str().eq_ignore_ascii_case(s));
-                if keep {
-                    if items.len() == size {
-                        more = true;
-                        break;
-                    }
-                    items.push(p);
-                }
-            }
-            if more || exhausted {
-                break;
-            }
-        }
-        let mut connection = Connection::new(after.is_some(), more);
-        connection.edges.extend(
-            items
-                .into_iter()
-                .map(|p| Edge::new(p.id.to_string(), Practitioner(p))),
-        );
-        Ok(connection)
+                        .is_none_or(|s| p.details.specialty.as_str().eq_ignore_ascii_case(s))
+            },
+            Practitioner,
+        )
+        .await
     }
 
     /// Services, oldest first.
@@ -414,36 +439,16 @@ impl ReadQuery {
             })
             .transpose()?;
         let tenant = principal(ctx).tenant_id();
-        let mut items = Vec::new();
-        let mut cursor = after;
-        let mut more = false;
-        loop {
-            let batch = read_side(ctx)
-                .services(tenant, cursor, size.max(1) * 2)
-                .await
-                .map_err(view_error)?;
-            let exhausted = batch.len() < size.max(1) * 2;
-            for s in batch {
-                cursor = Some(s.id);
-                if include_inactive || s.active {
-                    if items.len() == size {
-                        more = true;
-                        break;
-                    }
-                    items.push(s);
-                }
-            }
-            if more || exhausted {
-                break;
-            }
-        }
-        let mut connection = Connection::new(after.is_some(), more);
-        connection.edges.extend(
-            items
-                .into_iter()
-                .map(|s| Edge::new(s.id.to_string(), Service(s))),
-        );
-        Ok(connection)
+        let side = read_side(ctx);
+        filtered_page(
+            size,
+            after,
+            |cursor, n| side.services(tenant, cursor, n),
+            |s| s.id,
+            |s| include_inactive || s.active,
+            Service,
+        )
+        .await
     }
 
     /// Bookable slots, by practitioners, by service, or by specialty (any

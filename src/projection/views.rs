@@ -109,6 +109,28 @@ impl ReadSide {
         self.docs(Catalog::NAME, tenant, keys).await
     }
 
+    /// Catalog documents of one kind in key (= id) order after `after`.
+    async fn catalog_page<T>(
+        &self,
+        tenant: TenantId,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+        pick: impl Fn(CatalogDoc) -> Option<T>,
+    ) -> ViewResult<Vec<T>> {
+        let rows = self
+            .store()
+            .read_models()
+            .live_scan(Catalog::NAME, tenant, prefix, after.as_deref(), limit)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (_, doc) = parse(Catalog::NAME, row)?;
+            out.extend(pick(doc));
+        }
+        Ok(out)
+    }
+
     /// Practitioners in id order after `after`, at most `limit`.
     pub async fn practitioners(
         &self,
@@ -117,24 +139,11 @@ impl ReadSide {
         limit: usize,
     ) -> ViewResult<Vec<RegisteredPractitioner>> {
         let after = after.map(practitioner_key);
-        let rows = self
-            .store()
-            .read_models()
-            .live_scan(
-                Catalog::NAME,
-                tenant,
-                PRACTITIONER_PREFIX,
-                after.as_deref(),
-                limit,
-            )
-            .await?;
-        rows.into_iter()
-            .filter_map(|row| match parse(Catalog::NAME, row) {
-                Ok((_, CatalogDoc::Practitioner(p))) => Some(Ok(p)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect()
+        self.catalog_page(tenant, PRACTITIONER_PREFIX, after, limit, |doc| match doc {
+            CatalogDoc::Practitioner(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 
     /// Services in id order after `after`, at most `limit`.
@@ -145,24 +154,11 @@ impl ReadSide {
         limit: usize,
     ) -> ViewResult<Vec<DefinedService>> {
         let after = after.map(service_key);
-        let rows = self
-            .store()
-            .read_models()
-            .live_scan(
-                Catalog::NAME,
-                tenant,
-                SERVICE_PREFIX,
-                after.as_deref(),
-                limit,
-            )
-            .await?;
-        rows.into_iter()
-            .filter_map(|row| match parse(Catalog::NAME, row) {
-                Ok((_, CatalogDoc::Service(s))) => Some(Ok(s)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect()
+        self.catalog_page(tenant, SERVICE_PREFIX, after, limit, |doc| match doc {
+            CatalogDoc::Service(s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     async fn all_services(&self, tenant: TenantId) -> ViewResult<Vec<DefinedService>> {

@@ -294,6 +294,68 @@ async fn answers_from_the_read_models(deployment: Deployment) {
         "{r}"
     );
 
+    // Practitioner pages, filtered by specialty and activity, chained by
+    // cursors: every match once, in registration order.
+    let mut cardiologists = Vec::new();
+    let mut last_at = String::new();
+    for i in 0..7 {
+        let specialty = if i % 2 == 0 {
+            "Cardiology"
+        } else {
+            "Dermatology"
+        };
+        let r = server
+            .gql_ok(
+                key,
+                "mutation($input: PractitionerInput!) { registerPractitioner(input: $input) { id position } }",
+                json!({"input": {"name": format!("Dr. {i}"), "specialty": specialty}}),
+            )
+            .await;
+        let id = r["registerPractitioner"]["id"].as_str().unwrap().to_owned();
+        last_at = r["registerPractitioner"]["position"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if i % 2 == 0 {
+            cardiologists.push(id);
+        }
+    }
+    let retired = cardiologists.remove(1);
+    let r = server
+        .gql_ok(
+            key,
+            "mutation($p: ID!) { setPractitionerActive(id: $p, active: false) { position } }",
+            json!({"p": retired}),
+        )
+        .await;
+    last_at = r["setPractitionerActive"]["position"]
+        .as_str()
+        .map_or(last_at, str::to_owned);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = server
+            .gql_ok(
+                key,
+                "query($after: String, $at: String) {
+                   practitioners(first: 2, after: $after, specialty: \"cardiology\", atLeast: $at) {
+                     nodes { id } pageInfo { hasNextPage endCursor }
+                   }
+                 }",
+                json!({"after": after, "at": last_at}),
+            )
+            .await;
+        let conn = &page["practitioners"];
+        for n in conn["nodes"].as_array().unwrap() {
+            paged.push(n["id"].as_str().unwrap().to_owned());
+        }
+        if conn["pageInfo"]["hasNextPage"] != json!(true) {
+            break;
+        }
+        after = conn["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(paged, cardiologists, "active cardiologists, two per page");
+
     // Another hospital sees none of it.
     let other = set_up_hospital(&deployment, &server, "Other Hospital").await;
     let o = other.admin.as_str();

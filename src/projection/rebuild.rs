@@ -28,6 +28,8 @@ pub enum RebuildError {
     Fold(#[from] FoldError),
     #[error("the live read model kept moving; verify found no quiet moment in {0} attempts")]
     NeverSettled(usize),
+    #[error("another rebuild or verify is running")]
+    Busy,
 }
 
 impl From<StoreError> for RebuildError {
@@ -148,6 +150,33 @@ async fn fill(
     Ok(())
 }
 
+/// Only one rebuild or verify runs at a time (a PostgreSQL advisory lock;
+/// the embedded store has one process). Holding it, any generation still
+/// being built or compared was left by one that died: it is dropped.
+async fn exclusive(
+    store: &dyn Store,
+    projections: &[&'static str],
+) -> Result<crate::store::Lease, RebuildError> {
+    let lease = store
+        .read_models()
+        .try_lead("rebuild")
+        .await?
+        .ok_or(RebuildError::Busy)?;
+    for p in projections {
+        for (generation, status) in store.read_models().generations(p).await? {
+            if status != GenerationStatus::Live {
+                tracing::warn!(
+                    projection = p,
+                    generation,
+                    "dropping a generation a dead rebuild left"
+                );
+                store.read_models().drop_generation(p, generation).await?;
+            }
+        }
+    }
+    Ok(lease)
+}
+
 /// Rebuilds projections (all of them when `names` is empty) into new
 /// generations, reading the store once, and makes them live.
 pub async fn rebuild_many(
@@ -167,6 +196,7 @@ pub async fn rebuild_many(
     if projections.is_empty() {
         projections = buktor_projections::ALL.to_vec();
     }
+    let _lease = exclusive(store, &projections).await?;
     let started = Instant::now();
     let mut expected = 0;
     for p in &projections {
@@ -262,6 +292,7 @@ pub async fn verify(
         .into_iter()
         .find(|p| *p == name)
         .ok_or_else(|| RebuildError::UnknownProjection(name.into()))?;
+    let _lease = exclusive(store, &[projection]).await?;
     progress.started(projection, expected_events(store, projection).await?);
     let live = store.read_models().live_generation(projection).await?;
     let scratch = store

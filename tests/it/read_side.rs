@@ -616,6 +616,19 @@ async fn a_rebuild_swaps_in_without_a_gap_in_answers() {
             .await,
     );
     assert!(baseline > 0 && booked > 50);
+    // What a rebuild killed half-way would leave: a generation being built.
+    let (db, connection) =
+        tokio_postgres::connect(deployment.database_url().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "INSERT INTO projection_generations (projection, generation, status) VALUES ('audit', 99, 'building');
+         INSERT INTO projection_docs (projection, generation, tenant_id, key, doc)
+           SELECT 'audit', 99, id, 'left-over', '{}' FROM tenants",
+    )
+    .await
+    .unwrap();
     let rebuild = deployment.cli(&["projections", "rebuild", "--quiet"]);
     tokio::pin!(rebuild);
     let mut reads = 0;
@@ -633,6 +646,16 @@ async fn a_rebuild_swaps_in_without_a_gap_in_answers() {
         }
     }
     assert!(reads > 0);
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM projection_generations WHERE generation = 99) \
+                  + (SELECT count(*) FROM projection_docs WHERE generation = 99)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the rebuild left the dead one's generation behind");
     assert_eq!(
         count(
             &server

@@ -99,24 +99,7 @@ impl CalendarDay {
         appointment_id: AppointmentId,
         hold: Hold,
     ) -> DomainResult<CalendarEvent> {
-        let (from, to) = hold.occupied();
-        let mut same_group = 0u32;
-        for (other_id, other) in &self.holds {
-            if *other_id == appointment_id {
-                continue;
-            }
-            let (other_from, other_to) = other.occupied();
-            if other_from < to && from < other_to {
-                if hold.shares_group_with(other) {
-                    same_group += 1;
-                } else {
-                    return Err(DomainError::SlotTaken { start: hold.start });
-                }
-            }
-        }
-        if same_group >= hold.capacity.get() {
-            return Err(DomainError::SlotTaken { start: hold.start });
-        }
+        self.check_free(Some(appointment_id), &hold)?;
         Ok(CalendarEvent::SlotHeld {
             practitioner_id,
             appointment_id,
@@ -139,8 +122,31 @@ impl CalendarDay {
 
     /// Whether a new appointment could hold this time (the read side asks this).
     pub fn is_free_for(&self, hold: &Hold) -> bool {
-        self.hold(PractitionerId::new(), AppointmentId::new(), hold.clone())
-            .is_ok()
+        self.check_free(None, hold).is_ok()
+    }
+
+    /// Refuses a hold that overlaps another (buffers included) or a full
+    /// group session, ignoring the hold of `moving` itself.
+    fn check_free(&self, moving: Option<AppointmentId>, hold: &Hold) -> DomainResult<()> {
+        let (from, to) = hold.occupied();
+        let mut same_group = 0u32;
+        for (other_id, other) in &self.holds {
+            if Some(*other_id) == moving {
+                continue;
+            }
+            let (other_from, other_to) = other.occupied();
+            if other_from < to && from < other_to {
+                if hold.shares_group_with(other) {
+                    same_group += 1;
+                } else {
+                    return Err(DomainError::SlotTaken { start: hold.start });
+                }
+            }
+        }
+        if same_group >= hold.capacity.get() {
+            return Err(DomainError::SlotTaken { start: hold.start });
+        }
+        Ok(())
     }
 }
 

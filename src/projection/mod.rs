@@ -54,6 +54,10 @@ pub struct ReadSide {
     /// The projections whose runner in this process holds the lease: their
     /// positions are known here without asking the database.
     leading: Mutex<std::collections::HashSet<&'static str>>,
+    /// Catalog documents as last parsed, with the JSON they came from: a
+    /// service lists every practitioner offering it, and parsing it again
+    /// for each slot query was a fifth of that query's CPU.
+    parsed_catalog: Mutex<HashMap<(TenantId, String), views::ParsedDoc>>,
 }
 
 impl ReadSide {
@@ -63,6 +67,7 @@ impl ReadSide {
             positions: Mutex::new(HashMap::new()),
             moved: Notify::new(),
             leading: Mutex::new(Default::default()),
+            parsed_catalog: Mutex::new(HashMap::new()),
         })
     }
 

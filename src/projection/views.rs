@@ -1,6 +1,7 @@
 //! Typed reads of the live read models, and point-in-time reads folded
 //! from the store, for the GraphQL resolvers.
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError};
 
 use buktor_domain::appointment::{Appointment, AppointmentStatus};
 use buktor_domain::booking::stream_id;
@@ -53,6 +54,12 @@ fn parse<D: DeserializeOwned>(
     }
 }
 
+/// A catalog document and the JSON it was parsed from.
+pub struct ParsedDoc {
+    json: Arc<str>,
+    doc: Arc<CatalogDoc>,
+}
+
 /// A bookable slot of one practitioner for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferedSlot {
@@ -101,12 +108,49 @@ impl ReadSide {
             .collect()
     }
 
+    /// Catalog documents by key, parsed once per version of their JSON.
     async fn catalog(
         &self,
         tenant: TenantId,
         keys: &[String],
-    ) -> ViewResult<HashMap<String, CatalogDoc>> {
-        self.docs(Catalog::NAME, tenant, keys).await
+    ) -> ViewResult<HashMap<String, Arc<CatalogDoc>>> {
+        let rows = self
+            .store()
+            .read_models()
+            .live_docs(Catalog::NAME, tenant, keys)
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for (key, json) in rows {
+            let cache_key = (tenant, key);
+            let cached = self
+                .parsed_catalog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&cache_key)
+                .filter(|c| *c.json == *json)
+                .map(|c| c.doc.clone());
+            let doc = match cached {
+                Some(doc) => doc,
+                None => {
+                    let (_, doc) =
+                        parse::<CatalogDoc>(Catalog::NAME, (cache_key.1.clone(), json.clone()))?;
+                    let doc = Arc::new(doc);
+                    self.parsed_catalog
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(
+                            cache_key.clone(),
+                            ParsedDoc {
+                                json: json.into(),
+                                doc: doc.clone(),
+                            },
+                        );
+                    doc
+                }
+            };
+            out.insert(cache_key.1, doc);
+        }
+        Ok(out)
     }
 
     /// Catalog documents of one kind in key (= id) order after `after`.
@@ -192,17 +236,26 @@ impl ReadSide {
         to: NaiveDate,
         now: DateTime<Utc>,
     ) -> ViewResult<Vec<OfferedSlot>> {
-        let services: Vec<DefinedService> = match search.service_id {
-            Some(id) => {
-                let mut found = self.catalog(tenant, &[service_key(id)]).await?;
-                match found.remove(&service_key(id)) {
-                    Some(CatalogDoc::Service(s)) => vec![s],
-                    _ => vec![],
-                }
-            }
-            None => self.all_services(tenant).await?,
+        let service_docs: Vec<Arc<CatalogDoc>> = match search.service_id {
+            Some(id) => self
+                .catalog(tenant, &[service_key(id)])
+                .await?
+                .into_values()
+                .collect(),
+            None => self
+                .all_services(tenant)
+                .await?
+                .into_iter()
+                .map(|s| Arc::new(CatalogDoc::Service(s)))
+                .collect(),
         };
-        let services: Vec<DefinedService> = services.into_iter().filter(|s| s.active).collect();
+        let services: Vec<&DefinedService> = service_docs
+            .iter()
+            .filter_map(|d| match &**d {
+                CatalogDoc::Service(s) if s.active => Some(s),
+                _ => None,
+            })
+            .collect();
         let mut wanted: BTreeSet<PractitionerId> = services
             .iter()
             .flat_map(|s| s.details.practitioners.iter().copied())
@@ -217,7 +270,8 @@ impl ReadSide {
         let catalog = self.catalog(tenant, &keys).await?;
         let mut out = Vec::new();
         for p in wanted {
-            let Some(CatalogDoc::Practitioner(practitioner)) = catalog.get(&practitioner_key(p))
+            let Some(CatalogDoc::Practitioner(practitioner)) =
+                catalog.get(&practitioner_key(p)).map(|d| &**d)
             else {
                 continue;
             };
@@ -234,11 +288,13 @@ impl ReadSide {
                     continue;
                 }
             }
-            let Some(CatalogDoc::Schedule(schedule)) = catalog.get(&schedule_key(p)) else {
+            let Some(CatalogDoc::Schedule(schedule)) = catalog.get(&schedule_key(p)).map(|d| &**d)
+            else {
                 continue;
             };
             let offered: Vec<&DefinedService> = services
                 .iter()
+                .copied()
                 .filter(|s| s.details.practitioners.contains(&p))
                 .collect();
             let days = from.iter_days().take_while(|d| *d <= to).filter(|d| {
@@ -272,10 +328,11 @@ impl ReadSide {
     ) -> ViewResult<Option<(RegisteredPractitioner, Schedule, Vec<AgendaDay>)>> {
         let keys = [practitioner_key(practitioner), schedule_key(practitioner)];
         let mut catalog = self.catalog(tenant, &keys).await?;
-        let Some(CatalogDoc::Practitioner(p)) = catalog.remove(&keys[0]) else {
+        let Some(CatalogDoc::Practitioner(p)) = catalog.remove(&keys[0]).map(Arc::unwrap_or_clone)
+        else {
             return Ok(None);
         };
-        let schedule = match catalog.remove(&keys[1]) {
+        let schedule = match catalog.remove(&keys[1]).map(Arc::unwrap_or_clone) {
             Some(CatalogDoc::Schedule(s)) => s,
             _ => Schedule::default(),
         };
@@ -407,7 +464,7 @@ impl ReadSide {
         &self,
         tenant: TenantId,
         keys: &[String],
-    ) -> ViewResult<HashMap<String, CatalogDoc>> {
+    ) -> ViewResult<HashMap<String, Arc<CatalogDoc>>> {
         self.catalog(tenant, keys).await
     }
 }

@@ -153,7 +153,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Projections { command } => {
             let store = store::open(&config).await?;
-            let status = buktor::projection::cli::run(store.as_ref(), command).await?;
+            let status = buktor::projection::cli::run(&store, command).await?;
             if status != 0 {
                 std::process::exit(status);
             }

@@ -1503,7 +1503,7 @@ mod read_bench {
         // What `buktor projections rebuild` does: every projection in one
         // pass over the store.
         stats.reset();
-        let reports = rebuild_many(profiled.as_ref(), &[], &mut Quiet).await?;
+        let reports = rebuild_many(&profiled, &[], &mut Quiet).await?;
         let secs = reports[0].elapsed.as_secs_f64();
         let [read_all, load_docs, commit_docs] = stats.secs();
         println!(
@@ -1523,7 +1523,7 @@ mod read_bench {
         let mut folded = 0u64;
         for name in buktor_projections::ALL {
             stats.reset();
-            let report = rebuild(profiled.as_ref(), name, &mut Quiet).await?;
+            let report = rebuild(&profiled, name, &mut Quiet).await?;
             let secs = report.elapsed.as_secs_f64();
             folded += report.events;
             let [read_all, load_docs, commit_docs] = stats.secs();

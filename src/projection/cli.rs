@@ -1,4 +1,5 @@
 //! `buktor projections …`: rebuild, verify and inspect the read models.
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -84,7 +85,7 @@ fn names(name: Option<String>) -> anyhow::Result<Vec<&'static str>> {
 }
 
 /// Runs the command; returns the process exit status.
-pub async fn run(store: &dyn Store, command: ProjectionsCommand) -> anyhow::Result<i32> {
+pub async fn run(store: &Arc<dyn Store>, command: ProjectionsCommand) -> anyhow::Result<i32> {
     match command {
         ProjectionsCommand::Rebuild { name, quiet } => {
             // All of them in one pass over the store.

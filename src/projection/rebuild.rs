@@ -7,6 +7,7 @@
 //! generation up to exactly where the live one stands and compares them
 //! document by document.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use buktor_domain::TenantId;
@@ -30,6 +31,14 @@ pub enum RebuildError {
     NeverSettled(usize),
     #[error("another rebuild or verify is running")]
     Busy,
+    #[error("a rebuild task failed: {0}")]
+    Task(String),
+}
+
+impl RebuildError {
+    fn task(e: tokio::task::JoinError) -> Self {
+        RebuildError::Task(e.to_string())
+    }
 }
 
 impl From<StoreError> for RebuildError {
@@ -96,11 +105,12 @@ impl Target {
 
 /// Folds every tenant's events into each target's generation, up to `until`
 /// (per tenant, inclusive) when given, else to the end of the store. The
-/// store is read once for all targets; each batch is folded into them
-/// concurrently, each in its own transaction. Returns the events read.
+/// store is read once for all targets, the next batch while the current one
+/// is folded; each batch is folded into the targets in parallel tasks, each
+/// in its own transaction. Adds the events read to `read`.
 async fn fill(
-    store: &dyn Store,
-    targets: &mut [Target],
+    store: &Arc<dyn Store>,
+    targets: &mut Vec<Target>,
     until: Option<&HashMap<TenantId, Position>>,
     progress: &mut dyn Progress,
     read: &mut u64,
@@ -114,12 +124,18 @@ async fn fill(
                 .await?,
         );
     }
+    let read_batch = |tenant: TenantId, from: Position| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move { store.read_all(tenant, from, REBUILD_BATCH).await })
+    };
     for tenant in store.tenants().await? {
-        let until = until.map(|u| u.get(&tenant.id).copied().unwrap_or_default());
+        let tenant = tenant.id;
+        let until = until.map(|u| u.get(&tenant).copied().unwrap_or_default());
         let mut at: Vec<Position> = done
             .iter()
-            .map(|d| d.get(&tenant.id).map(|c| c.position).unwrap_or_default())
+            .map(|d| d.get(&tenant).map(|c| c.position).unwrap_or_default())
             .collect();
+        let mut prefetched = None;
         loop {
             let Some(from) = at.iter().min().copied() else {
                 return Ok(());
@@ -127,23 +143,48 @@ async fn fill(
             if until.is_some_and(|u| from >= u) {
                 break;
             }
-            let mut events = store.read_all(tenant.id, from, REBUILD_BATCH).await?;
+            let batch = prefetched
+                .take()
+                .unwrap_or_else(|| read_batch(tenant, from));
+            let mut events = batch.await.map_err(RebuildError::task)??;
             if let Some(u) = until {
                 events.retain(|e| e.position <= u);
             }
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
-            let events = &events;
-            futures::future::try_join_all(targets.iter_mut().zip(at.iter()).map(|(t, a)| {
-                let unseen = &events[events.partition_point(|e| e.position <= *a)..];
-                t.fold.fold(store, t.generation, tenant.id, *a, unseen)
-            }))
-            .await?;
+            let count = events.len() as u64;
+            let events = Arc::new(events);
+            let folding: Vec<_> = std::mem::take(targets)
+                .into_iter()
+                .zip(at.iter().copied())
+                .map(|(mut t, a)| {
+                    let store = Arc::clone(store);
+                    let events = Arc::clone(&events);
+                    tokio::spawn(async move {
+                        let unseen = &events[events.partition_point(|e| e.position <= a)..];
+                        let result = t.fold.fold(&*store, t.generation, tenant, a, unseen).await;
+                        (t, result)
+                    })
+                })
+                .collect();
+            // All targets end this batch at `last`: read on from there meanwhile.
+            prefetched = Some(read_batch(tenant, last));
+            let mut failed = None;
+            for task in folding {
+                let (t, result) = task.await.map_err(RebuildError::task)?;
+                targets.push(t);
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             for a in at.iter_mut() {
                 *a = (*a).max(last);
             }
-            *read += events.len() as u64;
+            *read += count;
             progress.advanced(*read);
         }
     }
@@ -180,7 +221,7 @@ async fn exclusive(
 /// Rebuilds projections (all of them when `names` is empty) into new
 /// generations, reading the store once, and makes them live.
 pub async fn rebuild_many(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     names: &[&str],
     progress: &mut dyn Progress,
 ) -> Result<Vec<RebuildReport>, RebuildError> {
@@ -196,11 +237,11 @@ pub async fn rebuild_many(
     if projections.is_empty() {
         projections = buktor_projections::ALL.to_vec();
     }
-    let _lease = exclusive(store, &projections).await?;
+    let _lease = exclusive(store.as_ref(), &projections).await?;
     let started = Instant::now();
     let mut expected = 0;
     for p in &projections {
-        expected = expected.max(expected_events(store, p).await?);
+        expected = expected.max(expected_events(store.as_ref(), p).await?);
     }
     progress.started(&projections.join(", "), expected);
     let mut targets = Vec::new();
@@ -257,7 +298,7 @@ pub async fn rebuild_many(
 
 /// Rebuilds one projection into a new generation and makes it live.
 pub async fn rebuild(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     name: &str,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, RebuildError> {
@@ -283,7 +324,7 @@ pub const MAX_DIFFERENCES: usize = 100;
 /// Rebuilds into a scratch generation up to the live one's checkpoints and
 /// compares. The scratch generation is dropped afterwards.
 pub async fn verify(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     name: &str,
     progress: &mut dyn Progress,
 ) -> Result<VerifyReport, RebuildError> {
@@ -292,18 +333,21 @@ pub async fn verify(
         .into_iter()
         .find(|p| *p == name)
         .ok_or_else(|| RebuildError::UnknownProjection(name.into()))?;
-    let _lease = exclusive(store, &[projection]).await?;
-    progress.started(projection, expected_events(store, projection).await?);
+    let _lease = exclusive(store.as_ref(), &[projection]).await?;
+    progress.started(
+        projection,
+        expected_events(store.as_ref(), projection).await?,
+    );
     let live = store.read_models().live_generation(projection).await?;
     let scratch = store
         .read_models()
         .new_generation(projection, GenerationStatus::Scratch)
         .await?;
-    let mut target = [Target::new(projection, scratch)?];
+    let mut target = vec![Target::new(projection, scratch)?];
     let result = async {
         let mut events = 0;
         for _ in 0..ATTEMPTS {
-            let targets = positions(store, projection, live).await?;
+            let targets = positions(store.as_ref(), projection, live).await?;
             fill(store, &mut target, Some(&targets), progress, &mut events).await?;
             let differences = store
                 .read_models()
@@ -311,7 +355,7 @@ pub async fn verify(
                 .await?;
             // Compared while neither side moved: the live checkpoints are
             // the same before and after the comparison.
-            if positions(store, projection, live).await? == targets {
+            if positions(store.as_ref(), projection, live).await? == targets {
                 return Ok(VerifyReport {
                     projection,
                     at: targets

@@ -101,6 +101,8 @@ impl Application {
                 .route("/metrics", web::get().to(metrics))
                 .route("/graphql", web::post().to(graphql))
                 .route("/graphql", web::get().to(graphql_get))
+                .route("/events", web::get().to(crate::feed::page))
+                .route("/events/stream", web::get().to(crate::feed::stream))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -358,6 +360,18 @@ async fn subscriptions(
 }
 
 /// The principal of a key, or the response that refuses it (401, 429, 503).
+/// The principal of a request's `Authorization: Bearer` key, within its
+/// rate limit; else the problem response to send.
+pub(crate) async fn authenticated(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<crate::auth::Principal, HttpResponse> {
+    match bearer(req) {
+        Some(token) => authenticate(state, token).await,
+        None => Err(unauthorized(AuthError::Missing)),
+    }
+}
+
 async fn authenticate(
     state: &AppState,
     token: &str,

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod feed;
 pub mod graphql;
 pub mod http;
 pub mod live;

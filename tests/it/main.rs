@@ -6,6 +6,7 @@ mod api_bad_input;
 mod api_booking;
 mod api_concurrency;
 mod api_events;
+mod api_feed;
 mod api_restart;
 mod api_security;
 mod audit_chain;

@@ -1,0 +1,263 @@
+//! The integrator event feed over plain HTTP, for integrators who do not
+//! speak GraphQL:
+//!
+//! - `GET /events?after=POSITION&limit=N&types=A,B`: a page of the caller's
+//!   hospital's events in global order, as JSON, with the position to ask
+//!   after next.
+//! - `GET /events/stream?after=POSITION&types=A,B`: Server-Sent Events, one
+//!   per event with `id:` = its position, first the stored ones after
+//!   `after` (or after the `Last-Event-ID` a reconnecting client sends), then
+//!   live ones as they are stored, each exactly once and in order (the hand
+//!   over is `crate::live`'s).
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use buktor_domain::EventMetadata;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{problem, AppState};
+use crate::live::LiveError;
+use crate::store::{Position, RecordedEvent};
+
+/// Events per page when `limit` is not given, and the most one page holds.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1_000;
+/// Events one page request reads at most while filtering by type; the answer
+/// says where it stopped, so a sparse filter never makes a request unbounded.
+const MAX_SCANNED: usize = 10_000;
+/// A comment line this often keeps proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Comma-separated event types, e.g. `AppointmentBooked,AppointmentCancelled`.
+    types: Option<String>,
+}
+
+/// One event as the feed shows it.
+#[derive(Debug, Serialize)]
+pub struct FeedEvent {
+    pub position: String,
+    pub stream_id: String,
+    pub version: i64,
+    pub r#type: String,
+    pub schema_version: i32,
+    pub event_id: String,
+    /// When the command was handled; `recorded_at` is when it was stored.
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub actor: Option<buktor_domain::Actor>,
+    pub source: Option<buktor_domain::Source>,
+    pub correlation_id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+impl From<&RecordedEvent> for FeedEvent {
+    fn from(e: &RecordedEvent) -> Self {
+        let meta: Option<EventMetadata> = serde_json::from_value(e.metadata.clone()).ok();
+        FeedEvent {
+            position: e.position.to_string(),
+            stream_id: e.stream_id.clone(),
+            version: e.version,
+            r#type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            event_id: e.event_id.to_string(),
+            occurred_at: meta.as_ref().map(|m| m.occurred_at),
+            recorded_at: e.recorded_at,
+            actor: meta.as_ref().map(|m| m.actor.clone()),
+            source: meta.as_ref().map(|m| m.source),
+            correlation_id: meta.as_ref().map(|m| m.correlation_id.to_string()),
+            data: e.payload.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Page {
+    events: Vec<FeedEvent>,
+    /// Ask with `after` = this for the next page (unchanged when nothing new).
+    next: String,
+    /// More stored events follow `next` right now.
+    has_more: bool,
+}
+
+fn invalid(detail: impl Into<String>) -> HttpResponse {
+    problem(StatusCode::BAD_REQUEST, "INVALID_INPUT", detail)
+}
+
+/// A position from a query parameter or header; the error names it.
+fn parse_position(field: &str, text: &str) -> Result<Position, String> {
+    text.parse().map_err(|e| format!("{field}: {e}"))
+}
+
+fn parse_types(types: Option<&str>) -> Result<Option<HashSet<String>>, String> {
+    let Some(types) = types else {
+        return Ok(None);
+    };
+    let set: HashSet<String> = types
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if set.len() > 50 || set.iter().any(|t| t.len() > 100) {
+        return Err("types: at most 50 types of at most 100 characters".into());
+    }
+    Ok((!set.is_empty()).then_some(set))
+}
+
+/// `GET /events`.
+pub async fn page(
+    req: HttpRequest,
+    query: web::Query<FeedQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let principal = match crate::http::authenticated(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    let after = match query.after.as_deref() {
+        Some(a) => match parse_position("after", a) {
+            Ok(p) => p,
+            Err(why) => return invalid(why),
+        },
+        None => Position::START,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return invalid(format!("limit: must be 1 to {MAX_LIMIT}"));
+    }
+    let types = match parse_types(query.types.as_deref()) {
+        Ok(t) => t,
+        Err(why) => return invalid(why),
+    };
+    let tenant = principal.tenant_id();
+    let mut events = Vec::new();
+    let mut next = after;
+    let mut scanned = 0;
+    let mut has_more = false;
+    loop {
+        let batch_size = if types.is_some() {
+            MAX_LIMIT
+        } else {
+            limit - events.len()
+        };
+        let batch = match state.store.read_all(tenant, next, batch_size).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = ?e, "the event feed cannot read the store");
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    "try again",
+                );
+            }
+        };
+        let exhausted = batch.len() < batch_size;
+        for e in &batch {
+            if events.len() == limit {
+                has_more = true;
+                break;
+            }
+            next = e.position;
+            scanned += 1;
+            if types.as_ref().is_none_or(|t| t.contains(&e.event_type)) {
+                events.push(FeedEvent::from(e));
+            }
+        }
+        if has_more || events.len() == limit {
+            has_more |= !exhausted;
+            break;
+        }
+        if exhausted {
+            break;
+        }
+        if scanned >= MAX_SCANNED {
+            has_more = true;
+            break;
+        }
+    }
+    HttpResponse::Ok().json(Page {
+        events,
+        next: next.to_string(),
+        has_more,
+    })
+}
+
+fn sse_frame(e: &RecordedEvent) -> Bytes {
+    let data = serde_json::to_string(&FeedEvent::from(e)).unwrap_or_default();
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        e.position, e.event_type
+    ))
+}
+
+/// `GET /events/stream`.
+pub async fn stream(
+    req: HttpRequest,
+    query: web::Query<FeedQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let principal = match crate::http::authenticated(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    // A reconnecting EventSource sends the last id it saw.
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let from = match (resume, query.after.as_deref()) {
+        (Some(id), _) => match parse_position("Last-Event-ID", id.trim()) {
+            Ok(p) => Some(p),
+            Err(why) => return invalid(why),
+        },
+        (None, Some(a)) => match parse_position("after", a) {
+            Ok(p) => Some(p),
+            Err(why) => return invalid(why),
+        },
+        (None, None) => None,
+    };
+    let types = match parse_types(query.types.as_deref()) {
+        Ok(t) => t,
+        Err(why) => return invalid(why),
+    };
+    let events = Box::pin(state.live.follow(principal.tenant_id(), from));
+    let state = (events, types, tokio::time::Instant::now() + KEEP_ALIVE);
+    let body = futures::stream::unfold(state, |(mut events, types, mut ping)| async move {
+        loop {
+            tokio::select! {
+                next = events.next() => {
+                    ping = tokio::time::Instant::now() + KEEP_ALIVE;
+                    match next? {
+                        Ok(e) if types.as_ref().is_none_or(|t| t.contains(&e.event_type)) => {
+                            return Some((Ok::<_, actix_web::Error>(sse_frame(&e)), (events, types, ping)));
+                        }
+                        Ok(_) => continue,
+                        Err(LiveError::ShuttingDown) => return None,
+                        Err(LiveError::Store(e)) => {
+                            tracing::error!(error = ?e, "the event stream cannot read the store");
+                            return None;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(ping) => {
+                    ping = tokio::time::Instant::now() + KEEP_ALIVE;
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (events, types, ping)));
+                }
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}

@@ -86,14 +86,18 @@ fn bookable_hold(
     if !ctx.schedule.offers(start, details.duration) {
         return Err(DomainError::OutsideAvailability { start });
     }
-    Ok(Hold {
+    let hold = Hold {
         service_id,
         start,
         end: start + details.duration.duration(),
         buffer_before: details.buffer_before,
         buffer_after: details.buffer_after,
         capacity: details.capacity,
-    })
+    };
+    if !hold.within_day(ctx.schedule) {
+        return Err(DomainError::OutsideAvailability { start });
+    }
+    Ok(hold)
 }
 
 /// The calendar stream a booking at `start` with `practitioner` goes to.

@@ -42,6 +42,16 @@ impl Hold {
         )
     }
 
+    /// Whether the busy time, buffers included, stays inside the local day
+    /// of its start. Each day's calendar is checked alone, so time that
+    /// spilled over midnight would be invisible to the neighbouring day's
+    /// bookings: such a hold is not offered and not accepted.
+    pub fn within_day(&self, schedule: &crate::schedule::Schedule) -> bool {
+        let (day_start, day_end) = schedule.day_bounds(schedule.local_date(self.start));
+        let (from, to) = self.occupied();
+        day_start <= from && to <= day_end
+    }
+
     fn shares_group_with(&self, other: &Hold) -> bool {
         self.capacity.get() > 1 && self.service_id == other.service_id && self.start == other.start
     }

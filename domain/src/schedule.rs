@@ -314,6 +314,15 @@ impl Schedule {
         }])
     }
 
+    /// The real-time span of the local `date`: from its midnight to the next.
+    pub fn day_bounds(&self, date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+        let next = date.succ_opt().unwrap_or(date);
+        (
+            resolve_local(self.time_zone, date, NaiveTime::MIN),
+            resolve_local(self.time_zone, next, NaiveTime::MIN),
+        )
+    }
+
     /// The local calendar date of an instant in this schedule's time zone.
     pub fn local_date(&self, instant: DateTime<Utc>) -> NaiveDate {
         instant.with_timezone(&self.time_zone).date_naive()

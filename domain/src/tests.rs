@@ -488,3 +488,52 @@ fn a_booking_in_the_repeated_hour_of_a_fall_back_day_is_its_own_slot() {
         "SLOT_TAKEN"
     );
 }
+
+/// Each local day's calendar is checked on its own, so busy time that would
+/// spill over midnight (buffers included) is refused rather than left
+/// unseen by the next day's bookings.
+#[test]
+fn busy_time_never_crosses_local_midnight() {
+    let mut w = world();
+    let details =
+        ServiceDetails::parse("Night check", 15, 15, 15, 1, [w.practitioner_id], 0, 30).unwrap();
+    w.service = Service::from_events(&Service::default().define(w.service_id, details).unwrap());
+    let every_day = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+    let rule = |from: (u32, u32), to: (u32, u32)| {
+        WeeklyRule::parse(
+            every_day,
+            NaiveTime::from_hms_opt(from.0, from.1, 0).unwrap(),
+            NaiveTime::from_hms_opt(to.0, to.1, 0).unwrap(),
+            15,
+            NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            None,
+        )
+        .unwrap()
+    };
+    w.schedule = Schedule::from_events(
+        &Schedule::default()
+            .set_weekly_rules(
+                w.practitioner_id,
+                TZ,
+                vec![rule((0, 0), (1, 0)), rule((23, 0), (23, 45))],
+            )
+            .unwrap(),
+    );
+    let empty = CalendarDay::default();
+    let book = |start| booking::book(&w.ctx(), &Appointment::default(), &empty, w.cmd(start));
+    // 23:30–23:45 plus 15 minutes after ends at midnight: inside the day.
+    assert!(book(tue(23, 15)).is_ok());
+    assert!(book(tue(23, 30)).is_ok());
+    // 00:00 needs 15 minutes before it, on the previous day: refused, as
+    // the calendar of Tuesday could not see it.
+    assert_eq!(code(book(tue(0, 0))), "OUTSIDE_AVAILABILITY");
+    assert!(book(tue(0, 15)).is_ok());
+}

@@ -44,7 +44,7 @@ pub fn free_slots(
                 buffer_after: service.buffer_after,
                 capacity: service.capacity,
             };
-            if !calendar.is_free_for(&hold) {
+            if !hold.within_day(schedule) || !calendar.is_free_for(&hold) {
                 continue;
             }
             let taken = calendar
@@ -123,5 +123,49 @@ mod tests {
             day
         )
         .is_empty());
+    }
+
+    #[test]
+    fn busy_time_that_would_cross_midnight_is_not_offered() {
+        let p = PractitionerId::new();
+        let s = ServiceId::new();
+        let rule = |from: u32, to: (u32, u32)| {
+            WeeklyRule::parse(
+                [Weekday::Tue],
+                NaiveTime::from_hms_opt(from, 0, 0).unwrap(),
+                NaiveTime::from_hms_opt(to.0, to.1, 0).unwrap(),
+                15,
+                NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                None,
+            )
+            .unwrap()
+        };
+        let schedule = Schedule::from_events(
+            &Schedule::default()
+                .set_weekly_rules(p, chrono_tz::UTC, vec![rule(0, (1, 0)), rule(23, (23, 45))])
+                .unwrap(),
+        );
+        // 15 minutes with 15 minutes of buffer on each side.
+        let service = ServiceDetails::parse("Night check", 15, 15, 15, 1, [p], 0, 30).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+        let starts: Vec<DateTime<Utc>> =
+            free_slots(&schedule, s, &service, &HashMap::new(), now, day, day)
+                .into_iter()
+                .map(|f| f.start)
+                .collect();
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap();
+        // 00:00 would need 23:45–00:00 of Monday; 23:30 ends its buffer at midnight.
+        assert_eq!(
+            starts,
+            vec![
+                at(0, 15),
+                at(0, 30),
+                at(0, 45),
+                at(23, 0),
+                at(23, 15),
+                at(23, 30)
+            ]
+        );
     }
 }

@@ -241,6 +241,38 @@ impl Span {
     }
 }
 
+/// The parts of `spans` that no span of `taken` covers, in order; every
+/// span is `[start, end)`.
+pub fn subtract_spans(
+    spans: &[(DateTime<Utc>, DateTime<Utc>)],
+    taken: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    for span in spans {
+        let mut pieces = vec![*span];
+        for &(t_start, t_end) in taken {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(start, end)| {
+                    if t_end <= start || end <= t_start {
+                        return vec![(start, end)];
+                    }
+                    let mut left = Vec::new();
+                    if start < t_start {
+                        left.push((start, t_start));
+                    }
+                    if t_end < end {
+                        left.push((t_end, end));
+                    }
+                    left
+                })
+                .collect();
+        }
+        out.extend(pieces);
+    }
+    out
+}
+
 /// The instant a wall-clock time on `date` denotes. In a spring-forward gap
 /// it is the moment the clock jumps (the first time that exists after it);
 /// in a fall-back overlap, the first occurrence.
@@ -381,38 +413,19 @@ impl Schedule {
     /// weekly rules minus leave, plus extra sessions, merged and sorted.
     pub fn working_hours_on(&self, date: NaiveDate) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         let day = self.windows_on(date);
+        let blocked: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+            day.blocked.iter().map(|b| (b.start, b.end)).collect();
         let mut spans: Vec<Span> = Vec::new();
         for (i, (window, _)) in day.windows.iter().enumerate() {
             if i < day.extra_sessions {
                 spans.push(*window);
                 continue;
             }
-            let mut pieces = vec![*window];
-            for b in &day.blocked {
-                pieces = pieces
+            spans.extend(
+                subtract_spans(&[(window.start, window.end)], &blocked)
                     .into_iter()
-                    .flat_map(|p| {
-                        if !b.overlaps(p.start, p.end) {
-                            return vec![p];
-                        }
-                        let mut left = Vec::new();
-                        if p.start < b.start {
-                            left.push(Span {
-                                start: p.start,
-                                end: b.start,
-                            });
-                        }
-                        if b.end < p.end {
-                            left.push(Span {
-                                start: b.end,
-                                end: p.end,
-                            });
-                        }
-                        left
-                    })
-                    .collect();
-            }
-            spans.extend(pieces);
+                    .map(|(start, end)| Span { start, end }),
+            );
         }
         spans.retain(|s| s.start < s.end);
         spans.sort_by_key(|s| (s.start, s.end));

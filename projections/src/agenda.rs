@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 
 use buktor_domain::calendar::CalendarDay;
-use buktor_domain::schedule::Schedule;
+use buktor_domain::schedule::{subtract_spans, Schedule};
 use buktor_domain::{AppointmentId, ServiceId};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -63,7 +63,15 @@ pub fn agenda(
                 })
                 .collect();
             booked.sort_by_key(|b| (b.start, b.appointment_id));
-            let free = subtract(&working, booked.iter().map(|b| &b.occupied));
+            let spans: Vec<_> = working.iter().map(|w| (w.start, w.end)).collect();
+            let occupied: Vec<_> = booked
+                .iter()
+                .map(|b| (b.occupied.start, b.occupied.end))
+                .collect();
+            let free = subtract_spans(&spans, &occupied)
+                .into_iter()
+                .map(|(start, end)| Interval { start, end })
+                .collect();
             AgendaDay {
                 date,
                 working,
@@ -72,40 +80,4 @@ pub fn agenda(
             }
         })
         .collect()
-}
-
-fn subtract<'a>(
-    from: &[Interval],
-    taken: impl Iterator<Item = &'a Interval> + Clone,
-) -> Vec<Interval> {
-    let mut out = Vec::new();
-    for w in from {
-        let mut pieces = vec![w.clone()];
-        for t in taken.clone() {
-            pieces = pieces
-                .into_iter()
-                .flat_map(|p| {
-                    if t.end <= p.start || p.end <= t.start {
-                        return vec![p];
-                    }
-                    let mut left = Vec::new();
-                    if p.start < t.start {
-                        left.push(Interval {
-                            start: p.start,
-                            end: t.start,
-                        });
-                    }
-                    if t.end < p.end {
-                        left.push(Interval {
-                            start: t.end,
-                            end: p.end,
-                        });
-                    }
-                    left
-                })
-                .collect();
-        }
-        out.extend(pieces);
-    }
-    out
 }

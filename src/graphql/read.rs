@@ -130,6 +130,21 @@ pub struct AvailableSlot {
     pub time_zone: String,
 }
 
+impl AvailableSlot {
+    /// An offered slot, with its start shown as wall-clock time in `tz`.
+    pub fn shown_in(o: crate::projection::views::OfferedSlot, tz: Tz) -> Self {
+        AvailableSlot {
+            practitioner_id: ID(o.practitioner_id.to_string()),
+            service_id: ID(o.service_id.to_string()),
+            start: o.slot.start,
+            end: o.slot.end,
+            remaining: o.slot.remaining,
+            local_start: o.slot.start.with_timezone(&tz).to_rfc3339(),
+            time_zone: tz.name().to_owned(),
+        }
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct Interval {
     pub start: DateTime<Utc>,
@@ -535,15 +550,7 @@ impl ReadQuery {
         let slots = offered
             .into_iter()
             .filter(|o| o.slot.start >= window_start && o.slot.start < window_end)
-            .map(|o| AvailableSlot {
-                practitioner_id: ID(o.practitioner_id.to_string()),
-                service_id: ID(o.service_id.to_string()),
-                start: o.slot.start,
-                end: o.slot.end,
-                remaining: o.slot.remaining,
-                local_start: o.slot.start.with_timezone(&tz).to_rfc3339(),
-                time_zone: tz.name().to_owned(),
-            });
+            .map(|o| AvailableSlot::shown_in(o, tz));
         let mut skipped = after.is_none();
         let mut connection = Connection::new(after.is_some(), false);
         for slot in slots {

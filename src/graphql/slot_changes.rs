@@ -110,15 +110,7 @@ impl Watch {
             position: at.to_string(),
             slots: slots
                 .into_iter()
-                .map(|o| AvailableSlot {
-                    practitioner_id: ID(o.practitioner_id.to_string()),
-                    service_id: ID(o.service_id.to_string()),
-                    start: o.slot.start,
-                    end: o.slot.end,
-                    remaining: o.slot.remaining,
-                    local_start: o.slot.start.with_timezone(&self.time_zone).to_rfc3339(),
-                    time_zone: self.time_zone.name().to_owned(),
-                })
+                .map(|o| AvailableSlot::shown_in(o, self.time_zone))
                 .collect(),
         })
     }

@@ -9,7 +9,6 @@ use buktor_domain::service::{DefinedService, Service};
 use buktor_domain::{AppointmentId, PractitionerId, ServiceId, TenantId};
 
 use super::{AppResult, Scheduler};
-use crate::store::RecordedEvent;
 
 impl Scheduler {
     pub async fn practitioner(
@@ -58,17 +57,5 @@ impl Scheduler {
             .load(tenant, &self.appointments, &stream_id::<Appointment>(id))
             .await?;
         Ok(a.state.booked.filter(|a| a.id == id))
-    }
-
-    /// Every stored event of the appointment, with its metadata.
-    pub async fn appointment_events(
-        &self,
-        tenant: TenantId,
-        id: AppointmentId,
-    ) -> AppResult<Vec<RecordedEvent>> {
-        Ok(self
-            .store
-            .read_stream(tenant, &stream_id::<Appointment>(id), 0)
-            .await?)
     }
 }

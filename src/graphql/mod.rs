@@ -57,6 +57,10 @@ pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSche
             read::AppointmentLoader(read_side.clone()),
             tokio::spawn,
         ))
+        .data(DataLoader::new(
+            read::HistoryLoader(read_side.clone()),
+            tokio::spawn,
+        ))
         .data(read_side)
         .limit_depth(12)
         .limit_complexity(MAX_COMPLEXITY)

@@ -380,6 +380,52 @@ where
     Ok(connection)
 }
 
+/// Appointments' events from the store, every appointment of a batch in one
+/// round trip: a list of appointments asking for their `history` would
+/// otherwise read one stream per row.
+pub struct HistoryLoader(pub Arc<ReadSide>);
+
+impl Loader<(TenantId, AppointmentId)> for HistoryLoader {
+    type Value = Vec<crate::store::RecordedEvent>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[(TenantId, AppointmentId)],
+    ) -> Result<HashMap<(TenantId, AppointmentId), Self::Value>, Self::Error> {
+        use buktor_domain::appointment::Appointment as AppointmentAggregate;
+        use buktor_domain::booking::stream_id;
+        let mut by_tenant: HashMap<TenantId, Vec<AppointmentId>> = HashMap::new();
+        for (t, id) in keys {
+            by_tenant.entry(*t).or_default().push(*id);
+        }
+        let mut out: HashMap<(TenantId, AppointmentId), Self::Value> = HashMap::new();
+        for (tenant, ids) in by_tenant {
+            let streams: Vec<(String, i64)> = ids
+                .iter()
+                .map(|id| (stream_id::<AppointmentAggregate>(id), 0))
+                .collect();
+            let events = self
+                .0
+                .store()
+                .read_streams(tenant, &streams)
+                .await
+                .map_err(|e| app_error(AppError::Store(e)))?;
+            let stream_of: HashMap<&str, AppointmentId> = streams
+                .iter()
+                .zip(&ids)
+                .map(|((stream, _), id)| (stream.as_str(), *id))
+                .collect();
+            for e in events {
+                if let Some(id) = stream_of.get(e.stream_id.as_str()) {
+                    out.entry((tenant, *id)).or_default().push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn slot_cursor(s: &AvailableSlot) -> String {
     format!(
         "{}|{}|{}",

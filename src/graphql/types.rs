@@ -8,7 +8,7 @@ use buktor_domain::{EventMetadata, PractitionerId};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::inputs::{CancelledByInput, WeekdayInput};
-use super::{app_error, principal, scheduler};
+use super::{app_error, principal};
 use crate::app::CommandOutcome;
 use crate::auth::Principal;
 
@@ -307,10 +307,12 @@ impl Appointment {
     }
     /// Every event of this appointment, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<HistoryEntry>> {
-        let mut events = scheduler(ctx)
-            .appointment_events(principal(ctx).tenant_id(), self.0.id)
-            .await
-            .map_err(app_error)?;
+        let loader = ctx
+            .data_unchecked::<async_graphql::dataloader::DataLoader<super::read::HistoryLoader>>();
+        let mut events = loader
+            .load_one((principal(ctx).tenant_id(), self.0.id))
+            .await?
+            .unwrap_or_default();
         if let Some(as_of) = self.1 {
             events.retain(|e| as_of.includes(e));
         }

@@ -16,7 +16,7 @@ const CANCEL: &str = "mutation($id: ID!) {
 }";
 const PATIENT: &str = "query($p: String!, $at: String, $first: Int, $after: String, $status: [StatusFilter!]) {
     patientAppointments(patientId: $p, atLeast: $at, first: $first, after: $after, status: $status) {
-      nodes { status position appointment { id start } }
+      nodes { status position appointment { id start history { type } } }
       pageInfo { hasNextPage endCursor }
     }
 }";
@@ -113,6 +113,26 @@ async fn answers_from_the_read_models(deployment: Deployment) {
             (moved.clone(), "BOOKED".to_owned()),
         ],
         "sorted by start: 09:00, 11:00, then the one moved to 14:00"
+    );
+    // Each row's history, loaded for the whole page in one read.
+    let histories: Vec<Vec<&str>> = nodes
+        .iter()
+        .map(|n| {
+            n["appointment"]["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["type"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        histories,
+        vec![
+            vec!["AppointmentBooked"],
+            vec!["AppointmentBooked", "AppointmentCancelled"],
+            vec!["AppointmentBooked", "AppointmentRescheduled"],
+        ]
     );
     let only_cancelled = server
         .gql_ok(key, PATIENT, json!({"p": "PAT-7", "status": ["CANCELLED"]}))

@@ -35,6 +35,9 @@ pub const MAX_PAGE: usize = 1000;
 const MAX_FILTER_ENTRIES: usize = 100;
 /// Events per store read while filtering.
 const SCAN_PAGE: usize = 1000;
+/// Events one request reads at most while filtering, so that a filter that
+/// matches almost nothing costs a bounded read per request.
+const MAX_SCANNED: usize = 10_000;
 
 /// An edge cursor: a position in the tenant's global order.
 pub struct Cursor(pub Position);
@@ -51,7 +54,17 @@ impl CursorType for Cursor {
     }
 }
 
-pub type EventConnection = Connection<Cursor, Event>;
+pub type EventConnection = Connection<Cursor, Event, ScanInfo>;
+
+/// How far a filtered read got.
+#[derive(async_graphql::SimpleObject)]
+pub struct ScanInfo {
+    /// The position up to which the log was read for this page. A filter
+    /// that matches few events may end a page early (at most
+    /// 10,000 events are read per request): then `hasNextPage` is true and
+    /// the next page is asked with `after` = this.
+    pub scanned_to: Option<String>,
+}
 
 /// One stored event with its metadata.
 pub struct Event {
@@ -217,6 +230,8 @@ impl EventsQuery {
         let read_size = if filter.is_empty() { wanted } else { SCAN_PAGE };
         let mut cursor = after.unwrap_or(Position::START);
         let mut found = Vec::with_capacity(wanted.min(SCAN_PAGE));
+        let mut scanned = 0;
+        let mut stopped_early = false;
         'scan: loop {
             let page = store
                 .read_all(tenant, cursor, read_size)
@@ -224,21 +239,34 @@ impl EventsQuery {
                 .map_err(|e| app_error(e.into()))?;
             let full = page.len() == read_size;
             for event in page {
+                if found.len() == first && filter.matches(&event) {
+                    // The one more: there is a next page.
+                    found.push(event);
+                    break 'scan;
+                }
                 cursor = event.position;
+                scanned += 1;
                 if filter.matches(&event) {
                     found.push(event);
-                    if found.len() == wanted {
-                        break 'scan;
-                    }
                 }
             }
             if !full {
                 break;
             }
+            if scanned >= MAX_SCANNED {
+                stopped_early = true;
+                break;
+            }
         }
-        let has_next = found.len() > first;
+        let has_next = found.len() > first || stopped_early;
         found.truncate(first);
-        let mut connection = Connection::new(after.is_some(), has_next);
+        let mut connection = Connection::with_additional_fields(
+            after.is_some(),
+            has_next,
+            ScanInfo {
+                scanned_to: (cursor != Position::START).then(|| cursor.to_string()),
+            },
+        );
         for event in found {
             let cursor = Cursor(event.position);
             connection.edges.push(Edge::new(cursor, Event::new(event)?));

@@ -600,6 +600,22 @@ async fn pagination_and_filters(deployment: Deployment) {
         .await
         .get("errors")
         .is_none());
+
+    // A filter that matches nothing reads to the end and says how far.
+    let all = server
+        .gql_ok(&h.admin, EVENTS, json!({"first": 1000}))
+        .await;
+    let last = all["events"]["pageInfo"]["endCursor"].clone();
+    let none = server
+        .gql_ok(
+            &h.admin,
+            "query { events(types: [\"NoSuchEvent\"]) { edges { cursor } pageInfo { hasNextPage } scannedTo } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(none["events"]["edges"], json!([]));
+    assert_eq!(none["events"]["pageInfo"]["hasNextPage"], json!(false));
+    assert_eq!(none["events"]["scannedTo"], last);
 }
 
 /// Every event matching `filters`, by pages of `first`.

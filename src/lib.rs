@@ -20,3 +20,4 @@ pub mod projection;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

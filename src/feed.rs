@@ -26,9 +26,11 @@ use crate::store::{Position, RecordedEvent};
 /// Events per page when `limit` is not given, and the most one page holds.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1_000;
-/// Events one page request reads at most while filtering by type; the answer
-/// says where it stopped, so a sparse filter never makes a request unbounded.
-const MAX_SCANNED: usize = 10_000;
+/// Events one page request reads at most while filtering; the answer says
+/// where it stopped, so a sparse filter never makes a request unbounded.
+pub const MAX_SCANNED: usize = 10_000;
+/// Events read per store call while filtering.
+const SCAN_PAGE: usize = 1_000;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -78,6 +80,100 @@ impl From<&RecordedEvent> for FeedEvent {
     }
 }
 
+/// Which events a reader of the log wants: types, and stream ids where an
+/// entry ending in `-` is a prefix (`appointment-`). Empty lists match all.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    types: Vec<String>,
+    exact_streams: Vec<String>,
+    stream_prefixes: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn new(types: Vec<String>, streams: Vec<String>) -> Self {
+        let (stream_prefixes, exact_streams) = streams.into_iter().partition(|s| s.ends_with('-'));
+        EventFilter {
+            types,
+            exact_streams,
+            stream_prefixes,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty() && self.exact_streams.is_empty() && self.stream_prefixes.is_empty()
+    }
+
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        let type_ok = self.types.is_empty() || self.types.contains(&e.event_type);
+        let stream_ok = (self.exact_streams.is_empty() && self.stream_prefixes.is_empty())
+            || self.exact_streams.contains(&e.stream_id)
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|p| e.stream_id.starts_with(p.as_str()));
+        type_ok && stream_ok
+    }
+}
+
+/// A page of the log.
+#[derive(Debug)]
+pub struct Scan {
+    /// At most the `limit` asked for, in global order.
+    pub events: Vec<RecordedEvent>,
+    /// How far the log was read: the next page starts after it.
+    pub scanned_to: Position,
+    /// A matching event follows, or the scan stopped at [`MAX_SCANNED`].
+    pub has_more: bool,
+}
+
+/// The tenant's events after `after` that match `filter`, at most `limit`,
+/// reading at most [`MAX_SCANNED`] events.
+pub async fn scan(
+    store: &dyn crate::store::Store,
+    tenant: buktor_domain::TenantId,
+    after: Position,
+    limit: usize,
+    filter: &EventFilter,
+) -> crate::store::StoreResult<Scan> {
+    // One more than asked, to know whether there is a next page.
+    let wanted = limit + 1;
+    let read_size = if filter.is_empty() { wanted } else { SCAN_PAGE };
+    let mut scanned_to = after;
+    let mut events = Vec::with_capacity(wanted.min(SCAN_PAGE));
+    let mut scanned = 0;
+    let mut has_more = false;
+    'scan: loop {
+        let page = store.read_all(tenant, scanned_to, read_size).await?;
+        let full = page.len() == read_size;
+        for event in page {
+            if !filter.matches(&event) {
+                scanned_to = event.position;
+                scanned += 1;
+                continue;
+            }
+            if events.len() == limit {
+                has_more = true;
+                break 'scan;
+            }
+            scanned_to = event.position;
+            scanned += 1;
+            events.push(event);
+        }
+        if !full {
+            break;
+        }
+        if scanned >= MAX_SCANNED {
+            has_more = true;
+            break;
+        }
+    }
+    Ok(Scan {
+        events,
+        scanned_to,
+        has_more,
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Page {
     events: Vec<FeedEvent>,
@@ -96,9 +192,9 @@ fn parse_position(field: &str, text: &str) -> Result<Position, String> {
     text.parse().map_err(|e| format!("{field}: {e}"))
 }
 
-fn parse_types(types: Option<&str>) -> Result<Option<HashSet<String>>, String> {
+fn parse_types(types: Option<&str>) -> Result<Vec<String>, String> {
     let Some(types) = types else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let set: HashSet<String> = types
         .split(',')
@@ -109,7 +205,7 @@ fn parse_types(types: Option<&str>) -> Result<Option<HashSet<String>>, String> {
     if set.len() > 50 || set.iter().any(|t| t.len() > 100) {
         return Err("types: at most 50 types of at most 100 characters".into());
     }
-    Ok((!set.is_empty()).then_some(set))
+    Ok(set.into_iter().collect())
 }
 
 /// `GET /events`.
@@ -137,56 +233,30 @@ pub async fn page(
         Ok(t) => t,
         Err(why) => return invalid(why),
     };
-    let tenant = principal.tenant_id();
-    let mut events = Vec::new();
-    let mut next = after;
-    let mut scanned = 0;
-    let mut has_more = false;
-    loop {
-        let batch_size = if types.is_some() {
-            MAX_LIMIT
-        } else {
-            limit - events.len()
-        };
-        let batch = match state.store.read_all(tenant, next, batch_size).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = ?e, "the event feed cannot read the store");
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "STORE_UNAVAILABLE",
-                    "try again",
-                );
-            }
-        };
-        let exhausted = batch.len() < batch_size;
-        for e in &batch {
-            if events.len() == limit {
-                has_more = true;
-                break;
-            }
-            next = e.position;
-            scanned += 1;
-            if types.as_ref().is_none_or(|t| t.contains(&e.event_type)) {
-                events.push(FeedEvent::from(e));
-            }
+    let filter = EventFilter::new(types, Vec::new());
+    let scan = match scan(
+        state.store.as_ref(),
+        principal.tenant_id(),
+        after,
+        limit,
+        &filter,
+    )
+    .await
+    {
+        Ok(scan) => scan,
+        Err(e) => {
+            tracing::error!(error = ?e, "the event feed cannot read the store");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "try again",
+            );
         }
-        if has_more || events.len() == limit {
-            has_more |= !exhausted;
-            break;
-        }
-        if exhausted {
-            break;
-        }
-        if scanned >= MAX_SCANNED {
-            has_more = true;
-            break;
-        }
-    }
+    };
     HttpResponse::Ok().json(Page {
-        events,
-        next: next.to_string(),
-        has_more,
+        events: scan.events.iter().map(FeedEvent::from).collect(),
+        next: scan.scanned_to.to_string(),
+        has_more: scan.has_more,
     })
 }
 
@@ -230,15 +300,16 @@ pub async fn stream(
         Err(why) => return invalid(why),
     };
     let events = Box::pin(state.live.follow(principal.tenant_id(), from));
-    let state = (events, types, tokio::time::Instant::now() + KEEP_ALIVE);
-    let body = futures::stream::unfold(state, |(mut events, types, mut ping)| async move {
+    let filter = EventFilter::new(types, Vec::new());
+    let state = (events, filter, tokio::time::Instant::now() + KEEP_ALIVE);
+    let body = futures::stream::unfold(state, |(mut events, filter, mut ping)| async move {
         loop {
             tokio::select! {
                 next = events.next() => {
                     ping = tokio::time::Instant::now() + KEEP_ALIVE;
                     match next? {
-                        Ok(e) if types.as_ref().is_none_or(|t| t.contains(&e.event_type)) => {
-                            return Some((Ok::<_, actix_web::Error>(sse_frame(&e)), (events, types, ping)));
+                        Ok(e) if filter.matches(&e) => {
+                            return Some((Ok::<_, actix_web::Error>(sse_frame(&e)), (events, filter, ping)));
                         }
                         Ok(_) => continue,
                         Err(LiveError::ShuttingDown) => return None,
@@ -250,7 +321,7 @@ pub async fn stream(
                 }
                 _ = tokio::time::sleep_until(ping) => {
                     ping = tokio::time::Instant::now() + KEEP_ALIVE;
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (events, types, ping)));
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (events, filter, ping)));
                 }
             }
         }

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use super::types::Actor;
 use super::{app_error, invalid, principal, scheduler};
 use crate::app::AppError;
+use crate::feed::EventFilter;
 use crate::store::{InvalidPosition, Position, RecordedEvent};
 
 /// `first` when not given.
@@ -33,11 +34,6 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// At most this many entries in `types` and in `streams`.
 const MAX_FILTER_ENTRIES: usize = 100;
-/// Events per store read while filtering.
-const SCAN_PAGE: usize = 1000;
-/// Events one request reads at most while filtering, so that a filter that
-/// matches almost nothing costs a bounded read per request.
-const MAX_SCANNED: usize = 10_000;
 
 /// An edge cursor: a position in the tenant's global order.
 pub struct Cursor(pub Position);
@@ -136,55 +132,26 @@ impl Event {
     }
 }
 
-/// Which events a reader wants.
-#[derive(Debug, Default, Clone)]
-pub struct EventFilter {
-    types: Vec<String>,
-    exact_streams: Vec<String>,
-    stream_prefixes: Vec<String>,
-}
-
-impl EventFilter {
-    pub fn new(types: Option<Vec<String>>, streams: Option<Vec<String>>) -> Result<Self> {
-        let types = types.unwrap_or_default();
-        let streams = streams.unwrap_or_default();
-        if types.len() > MAX_FILTER_ENTRIES {
-            return Err(invalid(
-                "types",
-                format!("at most {MAX_FILTER_ENTRIES} types"),
-            ));
-        }
-        if streams.len() > MAX_FILTER_ENTRIES {
-            return Err(invalid(
-                "streams",
-                format!("at most {MAX_FILTER_ENTRIES} streams"),
-            ));
-        }
-        if streams.iter().any(|s| s.is_empty()) {
-            return Err(invalid("streams", "a stream id or prefix is empty"));
-        }
-        let (stream_prefixes, exact_streams) = streams.into_iter().partition(|s| s.ends_with('-'));
-        Ok(EventFilter {
-            types,
-            exact_streams,
-            stream_prefixes,
-        })
+/// The log filter, with the sizes a request may ask for checked.
+fn event_filter(types: Option<Vec<String>>, streams: Option<Vec<String>>) -> Result<EventFilter> {
+    let types = types.unwrap_or_default();
+    let streams = streams.unwrap_or_default();
+    if types.len() > MAX_FILTER_ENTRIES {
+        return Err(invalid(
+            "types",
+            format!("at most {MAX_FILTER_ENTRIES} types"),
+        ));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.types.is_empty() && self.exact_streams.is_empty() && self.stream_prefixes.is_empty()
+    if streams.len() > MAX_FILTER_ENTRIES {
+        return Err(invalid(
+            "streams",
+            format!("at most {MAX_FILTER_ENTRIES} streams"),
+        ));
     }
-
-    pub fn matches(&self, e: &RecordedEvent) -> bool {
-        let type_ok = self.types.is_empty() || self.types.contains(&e.event_type);
-        let stream_ok = (self.exact_streams.is_empty() && self.stream_prefixes.is_empty())
-            || self.exact_streams.contains(&e.stream_id)
-            || self
-                .stream_prefixes
-                .iter()
-                .any(|p| e.stream_id.starts_with(p.as_str()));
-        type_ok && stream_ok
+    if streams.iter().any(|s| s.is_empty()) {
+        return Err(invalid("streams", "a stream id or prefix is empty"));
     }
+    Ok(EventFilter::new(types, streams))
 }
 
 #[derive(Default)]
@@ -221,53 +188,25 @@ impl EventsQuery {
                     .map_err(|e| invalid("after", e.to_string()))?,
             ),
         };
-        let filter = EventFilter::new(types, streams)?;
-        let store = scheduler(ctx).store();
-        let tenant = principal(ctx).tenant_id();
-
-        // One more than asked, to know whether there is a next page.
-        let wanted = first + 1;
-        let read_size = if filter.is_empty() { wanted } else { SCAN_PAGE };
-        let mut cursor = after.unwrap_or(Position::START);
-        let mut found = Vec::with_capacity(wanted.min(SCAN_PAGE));
-        let mut scanned = 0;
-        let mut stopped_early = false;
-        'scan: loop {
-            let page = store
-                .read_all(tenant, cursor, read_size)
-                .await
-                .map_err(|e| app_error(e.into()))?;
-            let full = page.len() == read_size;
-            for event in page {
-                if found.len() == first && filter.matches(&event) {
-                    // The one more: there is a next page.
-                    found.push(event);
-                    break 'scan;
-                }
-                cursor = event.position;
-                scanned += 1;
-                if filter.matches(&event) {
-                    found.push(event);
-                }
-            }
-            if !full {
-                break;
-            }
-            if scanned >= MAX_SCANNED {
-                stopped_early = true;
-                break;
-            }
-        }
-        let has_next = found.len() > first || stopped_early;
-        found.truncate(first);
+        let filter = event_filter(types, streams)?;
+        let scan = crate::feed::scan(
+            scheduler(ctx).store().as_ref(),
+            principal(ctx).tenant_id(),
+            after.unwrap_or(Position::START),
+            first,
+            &filter,
+        )
+        .await
+        .map_err(|e| app_error(e.into()))?;
         let mut connection = Connection::with_additional_fields(
             after.is_some(),
-            has_next,
+            scan.has_more,
             ScanInfo {
-                scanned_to: (cursor != Position::START).then(|| cursor.to_string()),
+                scanned_to: (scan.scanned_to != Position::START)
+                    .then(|| scan.scanned_to.to_string()),
             },
         );
-        for event in found {
+        for event in scan.events {
             let cursor = Cursor(event.position);
             connection.edges.push(Edge::new(cursor, Event::new(event)?));
         }

@@ -426,6 +426,32 @@ impl Loader<(TenantId, AppointmentId)> for HistoryLoader {
     }
 }
 
+/// The page of `items` (in list order, with their cursors) that follows the
+/// item whose cursor is `after`, at most `size` of them.
+fn page_after<N: async_graphql::OutputType>(
+    items: impl Iterator<Item = (String, N)>,
+    after: Option<&str>,
+    size: usize,
+) -> Result<Connection<String, N>> {
+    let mut skipped = after.is_none();
+    let mut connection = Connection::new(after.is_some(), false);
+    for (cursor, node) in items {
+        if !skipped {
+            skipped = after == Some(cursor.as_str());
+            continue;
+        }
+        if connection.edges.len() == size {
+            connection.has_next_page = true;
+            break;
+        }
+        connection.edges.push(Edge::new(cursor, node));
+    }
+    if !skipped {
+        return Err(invalid("after", "not a cursor of this list"));
+    }
+    Ok(connection)
+}
+
 fn slot_cursor(s: &AvailableSlot) -> String {
     format!(
         "{}|{}|{}",
@@ -597,24 +623,11 @@ impl ReadQuery {
             .into_iter()
             .filter(|o| o.slot.start >= window_start && o.slot.start < window_end)
             .map(|o| AvailableSlot::shown_in(o, tz));
-        let mut skipped = after.is_none();
-        let mut connection = Connection::new(after.is_some(), false);
-        for slot in slots {
-            let cursor = slot_cursor(&slot);
-            if !skipped {
-                skipped = after.as_deref() == Some(cursor.as_str());
-                continue;
-            }
-            if connection.edges.len() == size {
-                connection.has_next_page = true;
-                break;
-            }
-            connection.edges.push(Edge::new(cursor, slot));
-        }
-        if !skipped {
-            return Err(invalid("after", "not a cursor of this search"));
-        }
-        Ok(connection)
+        page_after(
+            slots.map(|slot| (slot_cursor(&slot), slot)),
+            after.as_deref(),
+            size,
+        )
     }
 
     /// A practitioner's days: working time, bookings and free time, on the
@@ -686,26 +699,12 @@ impl ReadQuery {
         let cursor_of = |d: &AppointmentDoc| {
             format!("{}|{}", d.appointment.start.to_rfc3339(), d.appointment.id)
         };
-        let mut skipped = after.is_none();
-        let mut connection = Connection::new(after.is_some(), false);
-        for doc in docs {
-            let cursor = cursor_of(&doc);
-            if !skipped {
-                skipped = after.as_deref() == Some(cursor.as_str());
-                continue;
-            }
-            if connection.edges.len() == size {
-                connection.has_next_page = true;
-                break;
-            }
-            connection
-                .edges
-                .push(Edge::new(cursor, PatientAppointment(doc)));
-        }
-        if !skipped {
-            return Err(invalid("after", "not a cursor of this list"));
-        }
-        Ok(connection)
+        page_after(
+            docs.into_iter()
+                .map(|d| (cursor_of(&d), PatientAppointment(d))),
+            after.as_deref(),
+            size,
+        )
     }
 
     /// Every event of an appointment with who, when, from where and why,

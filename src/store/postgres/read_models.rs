@@ -29,8 +29,18 @@ fn lease_key(projection: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
-fn rows_to_docs(rows: Vec<tokio_postgres::Row>) -> Vec<DocRow> {
-    rows.into_iter().map(|r| (r.get(0), r.get(1))).collect()
+impl PostgresStore {
+    /// Runs a cached statement that selects `key, doc`.
+    async fn query_docs(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<DocRow>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(map_db)?;
+        let rows = client.query(&statement, params).await.map_err(map_db)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }
 
 #[async_trait]
@@ -242,23 +252,13 @@ impl ReadModelStore for PostgresStore {
         if keys.is_empty() {
             return Ok(vec![]);
         }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT key, doc FROM projection_docs \
+        self.query_docs(
+            "SELECT key, doc FROM projection_docs \
                  WHERE projection = $1 AND generation = $2 AND tenant_id = $3 \
                    AND key = ANY($4::text[])",
-            )
-            .await
-            .map_err(map_db)?;
-        let rows = client
-            .query(
-                &statement,
-                &[&projection, &generation, &tenant.as_uuid(), &keys],
-            )
-            .await
-            .map_err(map_db)?;
-        Ok(rows_to_docs(rows))
+            &[&projection, &generation, &tenant.as_uuid(), &keys],
+        )
+        .await
     }
 
     async fn commit_docs(
@@ -426,21 +426,16 @@ impl ReadModelStore for PostgresStore {
         if keys.is_empty() {
             return Ok(vec![]);
         }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(concat!(
+        self.query_docs(
+            concat!(
                 "SELECT key, doc FROM projection_docs \
                  WHERE projection = $1 AND generation = ",
                 live!(),
                 " AND tenant_id = $2 AND key = ANY($3::text[]) ORDER BY key"
-            ))
-            .await
-            .map_err(map_db)?;
-        let rows = client
-            .query(&statement, &[&projection, &tenant.as_uuid(), &keys])
-            .await
-            .map_err(map_db)?;
-        Ok(rows_to_docs(rows))
+            ),
+            &[&projection, &tenant.as_uuid(), &keys],
+        )
+        .await
     }
 
     async fn live_scan(
@@ -451,27 +446,19 @@ impl ReadModelStore for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<DocRow>> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(concat!(
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query_docs(
+            concat!(
                 "SELECT key, doc FROM projection_docs \
                  WHERE projection = $1 AND generation = ",
                 live!(),
                 " AND tenant_id = $2 AND key >= $3 AND starts_with(key, $3) \
                    AND ($4::text IS NULL OR key > $4) \
                  ORDER BY key LIMIT $5"
-            ))
-            .await
-            .map_err(map_db)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &statement,
-                &[&projection, &tenant.as_uuid(), &prefix, &after, &limit],
-            )
-            .await
-            .map_err(map_db)?;
-        Ok(rows_to_docs(rows))
+            ),
+            &[&projection, &tenant.as_uuid(), &prefix, &after, &limit],
+        )
+        .await
     }
 
     async fn live_by_index(
@@ -480,21 +467,16 @@ impl ReadModelStore for PostgresStore {
         tenant: TenantId,
         index_key: &str,
     ) -> StoreResult<Vec<DocRow>> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(concat!(
+        self.query_docs(
+            concat!(
                 "SELECT key, doc FROM projection_docs \
                  WHERE projection = $1 AND generation = ",
                 live!(),
                 " AND tenant_id = $2 AND index_key = $3 ORDER BY key"
-            ))
-            .await
-            .map_err(map_db)?;
-        let rows = client
-            .query(&statement, &[&projection, &tenant.as_uuid(), &index_key])
-            .await
-            .map_err(map_db)?;
-        Ok(rows_to_docs(rows))
+            ),
+            &[&projection, &tenant.as_uuid(), &index_key],
+        )
+        .await
     }
 
     async fn diff_generations(

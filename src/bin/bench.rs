@@ -383,12 +383,47 @@ fn admin_context(tenant: TenantId) -> CommandContext {
     }
 }
 
+/// Registers a general practitioner of the outpatient clinic working by `rule`.
+async fn register_with_rule(
+    scheduler: &Scheduler,
+    ctx: &CommandContext,
+    label: &str,
+    rule: WeeklyRule,
+) -> anyhow::Result<PractitionerId> {
+    let name = |s: &str| Name::parse("name", s);
+    let outcome = scheduler
+        .register_practitioner(
+            ctx,
+            &RegisterPractitioner {
+                id: None,
+                details: PractitionerDetails {
+                    name: name(label)?,
+                    specialty: name("General Practice")?,
+                    department: Some(name("Outpatient Clinic")?),
+                    location: Some(name("Main building")?),
+                    external_id: None,
+                },
+            },
+        )
+        .await?;
+    let id = PractitionerId::from_uuid(outcome.id);
+    scheduler
+        .set_weekly_rules(
+            ctx,
+            &SetWeeklyRules {
+                practitioner_id: id,
+                rules: vec![rule],
+            },
+        )
+        .await?;
+    Ok(id)
+}
+
 /// One tenant, `practitioners` practitioners with an every-day schedule, one
 /// service offered by all of them: all through the real commands.
 async fn set_up(scheduler: &Scheduler, practitioners: usize) -> anyhow::Result<Fixture> {
     let tenant = buktor::demo::create_tenant(scheduler, "Bench Hospital", chrono_tz::UTC).await?;
     let ctx = admin_context(tenant.id);
-    let name = |s: &str| Name::parse("name", s);
     let hm = |(h, m): (u32, u32)| NaiveTime::from_hms_opt(h, m, 0).context("bad time");
     let from = NaiveDate::from_ymd_opt(2020, 1, 1).context("bad date")?;
     let every_day = [
@@ -402,38 +437,15 @@ async fn set_up(scheduler: &Scheduler, practitioners: usize) -> anyhow::Result<F
     ];
     let mut ids = Vec::with_capacity(practitioners);
     for p in 0..practitioners {
-        let outcome = scheduler
-            .register_practitioner(
-                &ctx,
-                &RegisterPractitioner {
-                    id: None,
-                    details: PractitionerDetails {
-                        name: name(&format!("Dr. Bench {p}"))?,
-                        specialty: name("General Practice")?,
-                        department: Some(name("Outpatient Clinic")?),
-                        location: Some(name("Main building")?),
-                        external_id: None,
-                    },
-                },
-            )
-            .await?;
-        let id = PractitionerId::from_uuid(outcome.id);
-        scheduler
-            .set_weekly_rules(
-                &ctx,
-                &SetWeeklyRules {
-                    practitioner_id: id,
-                    rules: vec![WeeklyRule::parse(
-                        every_day,
-                        hm(DAY_START)?,
-                        hm(DAY_END)?,
-                        i64::from(GRID_MINUTES),
-                        from,
-                        None,
-                    )?],
-                },
-            )
-            .await?;
+        let rule = WeeklyRule::parse(
+            every_day,
+            hm(DAY_START)?,
+            hm(DAY_END)?,
+            i64::from(GRID_MINUTES),
+            from,
+            None,
+        )?;
+        let id = register_with_rule(scheduler, &ctx, &format!("Dr. Bench {p}"), rule).await?;
         ids.push(id);
     }
     let service = scheduler
@@ -1008,9 +1020,7 @@ mod read_bench {
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context};
-    use buktor::app::{
-        decode_event, DefineService, RegisterPractitioner, Scheduler, SetWeeklyRules, SystemClock,
-    };
+    use buktor::app::{decode_event, DefineService, Scheduler, SystemClock};
     use buktor::auth::generate_api_key;
     use buktor::config::Secret;
     use buktor::metrics::Metrics;
@@ -1025,10 +1035,9 @@ mod read_bench {
     use buktor_domain::appointment::Appointment;
     use buktor_domain::booking::{self, stream_id, BookAppointment, BookingContext};
     use buktor_domain::calendar::{calendar_stream, CalendarDay};
-    use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
+    use buktor_domain::practitioner::Practitioner;
     use buktor_domain::schedule::{Schedule, WeeklyRule};
     use buktor_domain::service::{Service, ServiceDetails};
-    use buktor_domain::values::Name;
     use buktor_domain::{
         encode, Actor, Aggregate, AppointmentId, EventMetadata, PractitionerId, Role, ServiceId,
         Source, TenantId,
@@ -1215,39 +1224,21 @@ mod read_bench {
             .map(|p| {
                 let (scheduler, ctx) = (scheduler.clone(), ctx.clone());
                 async move {
-                    let name = |s: &str| Name::parse("name", s);
-                    let outcome = scheduler
-                        .register_practitioner(
-                            &ctx,
-                            &RegisterPractitioner {
-                                id: None,
-                                details: PractitionerDetails {
-                                    name: name(&format!("Dr. Clinic {p}"))?,
-                                    specialty: name("General Practice")?,
-                                    department: Some(name("Outpatient Clinic")?),
-                                    location: Some(name("Main building")?),
-                                    external_id: None,
-                                },
-                            },
-                        )
-                        .await?;
-                    let id = PractitionerId::from_uuid(outcome.id);
-                    scheduler
-                        .set_weekly_rules(
-                            &ctx,
-                            &SetWeeklyRules {
-                                practitioner_id: id,
-                                rules: vec![WeeklyRule::parse(
-                                    WEEKDAYS,
-                                    open_at,
-                                    close_at,
-                                    i64::from(CLINIC_SLOT),
-                                    effective,
-                                    None,
-                                )?],
-                            },
-                        )
-                        .await?;
+                    let rule = WeeklyRule::parse(
+                        WEEKDAYS,
+                        open_at,
+                        close_at,
+                        i64::from(CLINIC_SLOT),
+                        effective,
+                        None,
+                    )?;
+                    let id = super::register_with_rule(
+                        &scheduler,
+                        &ctx,
+                        &format!("Dr. Clinic {p}"),
+                        rule,
+                    )
+                    .await?;
                     anyhow::Ok(id)
                 }
             })

@@ -1204,6 +1204,15 @@ mod read_bench {
         let booked: f64 = opts.num("booked", 0.3)?;
         let writers: usize = opts.num("writers", 4)?;
         let per_append: usize = opts.num("per-append", 250)?;
+        // Bookings are dealt out practitioner by practitioner, so the appends
+        // in flight together touch distinct practitioner-days only while
+        // they hold at most one booking per practitioner.
+        if per_append.saturating_mul(writers) > practitioners {
+            bail!(
+                "--per-append × --writers ({}) must not exceed --practitioners ({practitioners})",
+                per_append * writers
+            );
+        }
         let url = recreate_database(&opts.url, &opts.db()).await?;
         let store = open(&url, writers + 8).await?;
         let dyn_store: Arc<dyn Store> = store.clone();

@@ -16,6 +16,7 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod middleware;
 pub mod projection;
 pub mod ratelimit;
 pub mod store;

@@ -5,6 +5,9 @@
 //! outputs (its own SQL database, and optionally HL7 v2) when they can take
 //! them. See `docs/middleware.md`.
 
+pub mod hl7;
+pub mod mllp;
+
 use chrono::{DateTime, Utc};
 
 /// One received webhook message, as the local store keeps it and as every

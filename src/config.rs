@@ -32,6 +32,60 @@ pub struct Config {
     /// Shifts the server's clock by this many seconds. For drills and tests
     /// that need "later today" now; a warning is logged when it is not 0.
     pub clock_offset_secs: i64,
+    pub webhooks: Webhooks,
+}
+
+/// Push delivery to HIS endpoints (`docs/webhooks.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// Whether this instance fans events out and delivers them. Several
+    /// instances may: each message is leased to one at a time.
+    pub dispatch: bool,
+    /// How long one attempt may take, connecting included.
+    pub attempt_timeout_ms: u64,
+    /// How long a claimed message stays leased to this instance. Longer than
+    /// an attempt can take, so no other instance sends it meanwhile.
+    pub lease_ms: u64,
+    /// The pauses after the 1st, 2nd, … failed attempt; the last one repeats.
+    pub retry_delays_ms: Vec<u64>,
+    /// Attempts, the first included, before a message is dead-lettered
+    /// (an endpoint may ask for another number).
+    pub max_attempts: u32,
+    /// Attempts in flight at once on this instance, over all endpoints.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one endpoint, from this instance.
+    pub max_in_flight_per_endpoint: usize,
+    /// How often to look for work another instance made, when idle.
+    pub poll_ms: u64,
+    /// The overlap after a secret rotation, when both secrets sign.
+    pub rotation_overlap_secs: u64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        const S: u64 = 1000;
+        Webhooks {
+            dispatch: true,
+            attempt_timeout_ms: 10 * S,
+            lease_ms: 60 * S,
+            // Immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+            retry_delays_ms: vec![
+                5 * S,
+                300 * S,
+                1800 * S,
+                7200 * S,
+                5 * 3600 * S,
+                10 * 3600 * S,
+                10 * 3600 * S,
+            ],
+            max_attempts: 8,
+            max_in_flight: 512,
+            max_in_flight_per_endpoint: 16,
+            poll_ms: 250,
+            rotation_overlap_secs: 24 * 3600,
+        }
+    }
 }
 
 /// Requests per API key per window. A client that exceeds it waits at most
@@ -78,6 +132,7 @@ impl Default for Config {
                 filter: "info".into(),
             },
             clock_offset_secs: 0,
+            webhooks: Webhooks::default(),
         }
     }
 }
@@ -138,6 +193,24 @@ impl Config {
         if self.rate_limit.requests == 0 || self.rate_limit.window_secs == 0 {
             return Err(ConfigError::Rule(
                 "rate_limit.requests and rate_limit.window_secs must be at least 1".into(),
+            ));
+        }
+        let w = &self.webhooks;
+        if w.attempt_timeout_ms == 0 || w.lease_ms < 2 * w.attempt_timeout_ms {
+            return Err(ConfigError::Rule(
+                "webhooks.lease_ms must be at least twice webhooks.attempt_timeout_ms (> 0)".into(),
+            ));
+        }
+        if w.retry_delays_ms.is_empty()
+            || w.max_attempts == 0
+            || w.max_in_flight == 0
+            || w.max_in_flight_per_endpoint == 0
+            || w.poll_ms == 0
+        {
+            return Err(ConfigError::Rule(
+                "webhooks: retry_delays_ms needs an entry; max_attempts, max_in_flight, \
+                 max_in_flight_per_endpoint and poll_ms must be at least 1"
+                    .into(),
             ));
         }
         if self.max_body_bytes < 1024 {

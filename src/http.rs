@@ -61,7 +61,11 @@ impl AppState {
         let read_side = ReadSide::new(store.clone());
         AppState {
             live: LiveFeed::new(store.clone(), scheduler.watch_appends()),
-            schema: crate::graphql::schema(scheduler.clone(), read_side.clone()),
+            schema: crate::graphql::schema(
+                scheduler.clone(),
+                read_side.clone(),
+                config.webhooks.clone(),
+            ),
             read_side,
             auth: Authenticator::new(store.clone()),
             limiter: RateLimiter::new(

@@ -302,9 +302,16 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
         None
     };
     let (stop_runners, runners_stop) = tokio::sync::watch::channel(false);
-    let runners = state
-        .read_side
-        .spawn_runners(state.scheduler.append_signal().clone(), runners_stop);
+    let runners = state.read_side.spawn_runners(
+        state.scheduler.append_signal().clone(),
+        runners_stop.clone(),
+    );
+    let webhooks = buktor::webhooks::spawn(
+        store.clone(),
+        &config.webhooks,
+        state.scheduler.append_signal().clone(),
+        runners_stop,
+    );
     let app = Application::build(&config, state).context("cannot bind the listen address")?;
     let url = format!("http://{}", app.addr);
     // Tests and scripts read this line to find the port.
@@ -323,7 +330,7 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     let sealer = audit::spawn_sealer(audit_log);
     let served = app.run_until_stopped().await;
     let _ = stop_runners.send(true);
-    for runner in runners {
+    for runner in runners.into_iter().chain(webhooks) {
         let _ = runner.await;
     }
     sealer.stop().await;

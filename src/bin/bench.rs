@@ -947,6 +947,9 @@ impl buktor::store::Store for CountingStore {
     fn read_models(&self) -> &dyn buktor::store::ReadModelStore {
         self.inner.read_models()
     }
+    fn webhooks(&self) -> &dyn buktor::store::webhooks::WebhookStore {
+        self.inner.webhooks()
+    }
 }
 
 #[async_trait::async_trait]
@@ -1649,6 +1652,9 @@ mod read_bench {
     impl Store for ProfiledStore {
         fn read_models(&self) -> &dyn ReadModelStore {
             self
+        }
+        fn webhooks(&self) -> &dyn buktor::store::webhooks::WebhookStore {
+            self.inner.webhooks()
         }
     }
 

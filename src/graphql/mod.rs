@@ -10,6 +10,7 @@ mod read;
 mod slot_changes;
 mod subscriptions;
 mod types;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -50,30 +51,43 @@ pub struct RequestInfo {
 /// fields fits; a query that fans out over several big pages does not.
 pub const MAX_COMPLEXITY: usize = 10_000;
 
-pub fn schema(scheduler: Arc<Scheduler>, read_side: Arc<ReadSide>) -> BuktorSchema {
-    Schema::build(QueryRoot::default(), MutationRoot, Subscriptions::default())
-        .data(scheduler)
-        .data(DataLoader::new(
-            read::AppointmentLoader(read_side.clone()),
-            tokio::spawn,
-        ))
-        .data(DataLoader::new(
-            read::HistoryLoader(read_side.clone()),
-            tokio::spawn,
-        ))
-        .data(read_side)
-        .limit_depth(12)
-        .limit_complexity(MAX_COMPLEXITY)
-        .limit_recursive_depth(32)
-        .finish()
+pub fn schema(
+    scheduler: Arc<Scheduler>,
+    read_side: Arc<ReadSide>,
+    webhooks: crate::config::Webhooks,
+) -> BuktorSchema {
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        Subscriptions::default(),
+    )
+    .data(scheduler)
+    .data(webhooks)
+    .data(DataLoader::new(
+        read::AppointmentLoader(read_side.clone()),
+        tokio::spawn,
+    ))
+    .data(DataLoader::new(
+        read::HistoryLoader(read_side.clone()),
+        tokio::spawn,
+    ))
+    .data(read_side)
+    .limit_depth(12)
+    .limit_complexity(MAX_COMPLEXITY)
+    .limit_recursive_depth(32)
+    .finish()
 }
 
 /// The schema in SDL, as `buktor graphql schema` prints it. It does not
 /// depend on any data, so it is built without a store.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot::default(), MutationRoot, Subscriptions::default())
-        .finish()
-        .sdl()
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        Subscriptions::default(),
+    )
+    .finish()
+    .sdl()
 }
 
 /// The GraphQL error for an application error, logged once here.
@@ -144,7 +158,12 @@ fn command_context(ctx: &Context<'_>, idempotency_key: Option<String>) -> Result
 
 /// Every query. Each part lives with the read side it serves.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, EventsQuery, read::ReadQuery);
+pub struct QueryRoot(
+    CoreQuery,
+    EventsQuery,
+    read::ReadQuery,
+    webhooks::WebhookQuery,
+);
 
 #[derive(Default)]
 pub struct CoreQuery;
@@ -218,7 +237,12 @@ impl CoreQuery {
     }
 }
 
-pub struct MutationRoot;
+/// Every mutation.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(CoreMutation, webhooks::WebhookMutation);
+
+#[derive(Default)]
+pub struct CoreMutation;
 
 async fn done(
     fut: impl std::future::Future<Output = crate::app::AppResult<CommandOutcome>>,
@@ -227,7 +251,7 @@ async fn done(
 }
 
 #[Object]
-impl MutationRoot {
+impl CoreMutation {
     async fn register_practitioner(
         &self,
         ctx: &Context<'_>,

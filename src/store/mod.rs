@@ -25,6 +25,7 @@ use uuid::Uuid;
 pub mod postgres;
 pub mod read_models;
 pub mod sqlite;
+pub mod webhooks;
 
 pub use read_models::{
     Checkpoint, DocDifference, DocRow, DocWrite, GenerationStatus, Lease, ReadModelStore,
@@ -301,19 +302,27 @@ pub trait Directory: Send + Sync + 'static {
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>>;
 }
 
-/// A backend: events, the directory, and the projections' documents beside them.
+/// A backend: events, the directory, the projections' documents and the
+/// webhook outbox beside them.
 pub trait Store: EventStore + Directory {
     fn read_models(&self) -> &dyn ReadModelStore;
+    fn webhooks(&self) -> &dyn webhooks::WebhookStore;
 }
 
 impl Store for postgres::PostgresStore {
     fn read_models(&self) -> &dyn ReadModelStore {
         self
     }
+    fn webhooks(&self) -> &dyn webhooks::WebhookStore {
+        self
+    }
 }
 
 impl Store for sqlite::SqliteStore {
     fn read_models(&self) -> &dyn ReadModelStore {
+        self
+    }
+    fn webhooks(&self) -> &dyn webhooks::WebhookStore {
         self
     }
 }

@@ -57,6 +57,7 @@ use uuid::Uuid;
 
 mod audit_chain;
 mod read_models;
+mod webhooks;
 
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
@@ -81,6 +82,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_read_models",
         include_str!("../../migrations/postgres/0004_read_models.sql"),
+    ),
+    (
+        "0005_webhooks",
+        include_str!("../../migrations/postgres/0005_webhooks.sql"),
     ),
 ];
 

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 mod audit_chain;
 mod read_models;
+mod webhooks;
 
 use super::{
     ApiKeyRecord, AppendRequest, Directory, EventStore, Position, RecordedEvent, StoreError,
@@ -43,6 +44,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_read_models",
         include_str!("../../migrations/sqlite/0003_read_models.sql"),
+    ),
+    (
+        "0004_webhooks",
+        include_str!("../../migrations/sqlite/0004_webhooks.sql"),
     ),
 ];
 

@@ -1,0 +1,677 @@
+//! [`WebhookStore`] on PostgreSQL. Claims use `FOR UPDATE SKIP LOCKED` and a
+//! lease in the row, so instances sharing the database never lease one
+//! message twice; times come from the database's clock, so instances whose
+//! clocks disagree still agree on when a lease ends.
+use async_trait::async_trait;
+use buktor_domain::TenantId;
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{map_db, PostgresStore};
+use crate::store::webhooks::{
+    outcome_name, AttemptDecision, AttemptFilter, AttemptRecord, AttemptResult, ClaimRequest,
+    EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord, MessageState,
+    NewMessage, ReplayFrom, WebhookStore,
+};
+use crate::store::{Position, StoreError, StoreResult};
+use crate::webhooks::signature::SigningSecret;
+
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, practitioner_ids, \
+     departments, enabled, rate_limit_per_second, max_attempts, disable_on_dead_letter, secret, \
+     previous_secret, previous_secret_until, disabled_reason, created_at, updated_at";
+
+const MESSAGE_COLUMNS: &str = "id, tenant_id, endpoint_id, event_id, position_tx, position_seq, \
+     ordering_key, event_type, payload, state, attempts, failures, next_attempt_at, created_at, \
+     delivered_at, last_error";
+
+fn secret(text: &str) -> StoreResult<SigningSecret> {
+    SigningSecret::parse(text)
+        .map_err(|_| StoreError::Corrupt("a stored webhook secret is malformed".into()))
+}
+
+fn decode_endpoint(row: &Row) -> StoreResult<EndpointRecord> {
+    let previous: Option<String> = row.get("previous_secret");
+    let until: Option<DateTime<Utc>> = row.get("previous_secret_until");
+    let previous_secret = match (previous, until) {
+        (Some(s), Some(until)) => Some((secret(&s)?, until)),
+        _ => None,
+    };
+    Ok(EndpointRecord {
+        id: row.get("id"),
+        tenant: TenantId::from_uuid(row.get("tenant_id")),
+        spec: EndpointSpec {
+            url: row.get("url"),
+            description: row.get("description"),
+            event_types: row.get("event_types"),
+            practitioner_ids: row.get("practitioner_ids"),
+            departments: row.get("departments"),
+            enabled: row.get("enabled"),
+            rate_limit_per_second: row
+                .get::<_, Option<i32>>("rate_limit_per_second")
+                .map(|n| n as u32),
+            max_attempts: row.get::<_, Option<i32>>("max_attempts").map(|n| n as u32),
+            disable_on_dead_letter: row.get("disable_on_dead_letter"),
+        },
+        secret: secret(row.get("secret"))?,
+        previous_secret,
+        disabled_reason: row.get("disabled_reason"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+fn decode_message(row: &Row) -> StoreResult<MessageRecord> {
+    let state: String = row.get("state");
+    Ok(MessageRecord {
+        id: row.get("id"),
+        tenant: TenantId::from_uuid(row.get("tenant_id")),
+        endpoint_id: row.get("endpoint_id"),
+        event_id: row.get("event_id"),
+        position: Position {
+            tx: row.get("position_tx"),
+            seq: row.get("position_seq"),
+        },
+        ordering_key: row.get("ordering_key"),
+        event_type: row.get("event_type"),
+        payload: row.get("payload"),
+        state: MessageState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown message state {state:?}")))?,
+        attempts: row.get::<_, i32>("attempts") as u32,
+        failures: row.get::<_, i32>("failures") as u32,
+        next_attempt_at: row.get("next_attempt_at"),
+        created_at: row.get("created_at"),
+        delivered_at: row.get("delivered_at"),
+        last_error: row.get("last_error"),
+    })
+}
+
+fn decode_attempt(row: &Row) -> AttemptRecord {
+    AttemptRecord {
+        seq: row.get("seq"),
+        message_id: row.get("message_id"),
+        endpoint_id: row.get("endpoint_id"),
+        event_id: row.get("event_id"),
+        attempt: row.get::<_, i32>("attempt") as u32,
+        started_at: row.get("started_at"),
+        latency_ms: row.get::<_, i32>("latency_ms") as u32,
+        status_code: row.get::<_, Option<i32>>("status_code").map(|c| c as u16),
+        error: row.get("error"),
+        response_excerpt: row.get("response_excerpt"),
+        outcome: row.get("outcome"),
+    }
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[async_trait]
+impl WebhookStore for PostgresStore {
+    async fn create_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
+        let client = self.client().await?;
+        let (previous, until) = match &e.previous_secret {
+            Some((s, until)) => (Some(s.expose()), Some(*until)),
+            None => (None, None),
+        };
+        client
+            .execute(
+                "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, \
+                 practitioner_ids, departments, enabled, rate_limit_per_second, max_attempts, \
+                 disable_on_dead_letter, secret, previous_secret, previous_secret_until, \
+                 disabled_reason, created_at, updated_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)",
+                &[
+                    &e.id,
+                    &e.tenant.as_uuid(),
+                    &e.spec.url,
+                    &e.spec.description,
+                    &e.spec.event_types,
+                    &e.spec.practitioner_ids,
+                    &e.spec.departments,
+                    &e.spec.enabled,
+                    &e.spec.rate_limit_per_second.map(|n| n as i32),
+                    &e.spec.max_attempts.map(|n| n as i32),
+                    &e.spec.disable_on_dead_letter,
+                    &e.secret.expose(),
+                    &previous,
+                    &until,
+                    &e.disabled_reason,
+                    &e.created_at,
+                    &e.updated_at,
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        Ok(())
+    }
+
+    async fn update_endpoint(&self, e: &EndpointRecord) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let (previous, until) = match &e.previous_secret {
+            Some((s, until)) => (Some(s.expose()), Some(*until)),
+            None => (None, None),
+        };
+        let n = client
+            .execute(
+                "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, \
+                 practitioner_ids = $6, departments = $7, enabled = $8, \
+                 rate_limit_per_second = $9, max_attempts = $10, disable_on_dead_letter = $11, \
+                 secret = $12, previous_secret = $13, previous_secret_until = $14, \
+                 disabled_reason = $15, updated_at = $16 \
+                 WHERE id = $1 AND tenant_id = $2",
+                &[
+                    &e.id,
+                    &e.tenant.as_uuid(),
+                    &e.spec.url,
+                    &e.spec.description,
+                    &e.spec.event_types,
+                    &e.spec.practitioner_ids,
+                    &e.spec.departments,
+                    &e.spec.enabled,
+                    &e.spec.rate_limit_per_second.map(|n| n as i32),
+                    &e.spec.max_attempts.map(|n| n as i32),
+                    &e.spec.disable_on_dead_letter,
+                    &e.secret.expose(),
+                    &previous,
+                    &until,
+                    &e.disabled_reason,
+                    &e.updated_at,
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        Ok(n == 1)
+    }
+
+    async fn endpoint(&self, tenant: TenantId, id: Uuid) -> StoreResult<Option<EndpointRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &tenant.as_uuid()])
+            .await
+            .map_err(map_db)?;
+        row.as_ref().map(decode_endpoint).transpose()
+    }
+
+    async fn endpoints(&self, tenant: Option<TenantId>) -> StoreResult<Vec<EndpointRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+             WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY created_at, id"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(map_db)?;
+        let rows = client
+            .query(&statement, &[&tenant.map(|t| t.as_uuid())])
+            .await
+            .map_err(map_db)?;
+        rows.iter().map(decode_endpoint).collect()
+    }
+
+    async fn fanout_checkpoint(&self, tenant: TenantId) -> StoreResult<Position> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT position_tx, position_seq FROM webhook_fanout_checkpoints WHERE tenant_id = $1",
+                &[&tenant.as_uuid()],
+            )
+            .await
+            .map_err(map_db)?;
+        Ok(row.map_or(Position::START, |r| Position {
+            tx: r.get(0),
+            seq: r.get(1),
+        }))
+    }
+
+    async fn enqueue(
+        &self,
+        tenant: TenantId,
+        expected: Position,
+        to: Position,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_db)?;
+        tx.execute(
+            "INSERT INTO webhook_fanout_checkpoints (tenant_id, position_tx, position_seq) \
+             VALUES ($1, 0, 0) ON CONFLICT (tenant_id) DO NOTHING",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .map_err(map_db)?;
+        let moved = tx
+            .execute(
+                "UPDATE webhook_fanout_checkpoints \
+                 SET position_tx = $4, position_seq = $5, updated_at = now() \
+                 WHERE tenant_id = $1 AND position_tx = $2 AND position_seq = $3",
+                &[
+                    &tenant.as_uuid(),
+                    &expected.tx,
+                    &expected.seq,
+                    &to.tx,
+                    &to.seq,
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        if moved != 1 {
+            return Err(StoreError::CheckpointMoved {
+                projection: "webhook-fanout".into(),
+            });
+        }
+        if messages.is_empty() {
+            tx.commit().await.map_err(map_db)?;
+            return Ok(0);
+        }
+        let endpoints: Vec<Uuid> = messages.iter().map(|m| m.endpoint_id).collect();
+        tx.execute("SELECT buktor_webhook_lock($1)", &[&endpoints])
+            .await
+            .map_err(map_db)?;
+        let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let events: Vec<Uuid> = messages.iter().map(|m| m.event_id).collect();
+        let txs: Vec<i64> = messages.iter().map(|m| m.position.tx).collect();
+        let seqs: Vec<i64> = messages.iter().map(|m| m.position.seq).collect();
+        let keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
+        let types: Vec<&str> = messages.iter().map(|m| m.event_type.as_str()).collect();
+        let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
+        let inserted = tx
+            .execute(
+                "INSERT INTO webhook_messages (id, tenant_id, endpoint_id, event_id, position_tx, \
+                 position_seq, ordering_key, event_type, payload, state) \
+                 SELECT u.id, $1, u.endpoint, u.event, u.tx, u.seq, u.key, u.type, u.payload, 'queued' \
+                 FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::bigint[], $6::bigint[], \
+                             $7::text[], $8::text[], $9::text[]) \
+                      AS u(id, endpoint, event, tx, seq, key, type, payload) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &tenant.as_uuid(),
+                    &ids,
+                    &endpoints,
+                    &events,
+                    &txs,
+                    &seqs,
+                    &keys,
+                    &types,
+                    &payloads,
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        tx.execute(
+            "SELECT buktor_webhook_promote(e, array_agg(k)) \
+             FROM unnest($1::uuid[], $2::text[]) AS u(e, k) GROUP BY e",
+            &[&endpoints, &keys],
+        )
+        .await
+        .map_err(map_db)?;
+        tx.commit().await.map_err(map_db)?;
+        Ok(inserted as usize)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<MessageRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "WITH picked AS ( \
+               SELECT m.id FROM webhook_endpoints e \
+               CROSS JOIN LATERAL ( \
+                 SELECT id, next_attempt_at FROM webhook_messages w \
+                 WHERE w.endpoint_id = e.id AND w.state = 'pending' \
+                   AND w.next_attempt_at <= now() \
+                   AND (w.lease_until IS NULL OR w.lease_until < now()) \
+                 ORDER BY w.next_attempt_at LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED) m \
+               WHERE e.enabled AND NOT (e.id = ANY ($3)) \
+               ORDER BY m.next_attempt_at LIMIT $4) \
+             UPDATE webhook_messages w \
+                SET lease_owner = $1, lease_until = now() + $5 * interval '1 millisecond' \
+               FROM picked WHERE w.id = picked.id \
+             RETURNING {}",
+            MESSAGE_COLUMNS
+                .split(", ")
+                .map(|c| format!("w.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(map_db)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &request.owner,
+                    &(request.per_endpoint as i64),
+                    &request.skip_endpoints,
+                    &(request.limit as i64),
+                    &millis(request.lease),
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        let mut claimed: Vec<MessageRecord> = rows
+            .iter()
+            .map(decode_message)
+            .collect::<StoreResult<_>>()?;
+        claimed.sort_by_key(|m| m.next_attempt_at);
+        Ok(claimed)
+    }
+
+    async fn complete(&self, owner: &str, results: &[AttemptResult]) -> StoreResult<Vec<String>> {
+        if results.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_db)?;
+        let endpoints: Vec<Uuid> = results.iter().map(|r| r.endpoint_id).collect();
+        tx.execute("SELECT buktor_webhook_lock($1)", &[&endpoints])
+            .await
+            .map_err(map_db)?;
+        let mut dead = Vec::new();
+        for r in results {
+            let (state_sql, retry_ms, failed) = match &r.decision {
+                AttemptDecision::Delivered => ("'delivered'", 0.0, false),
+                AttemptDecision::Retry { after } => ("'pending'", millis(*after), true),
+                AttemptDecision::DeadLetter { .. } => ("'dead'", 0.0, true),
+                AttemptDecision::EndpointGone => ("'pending'", 0.0, true),
+            };
+            let sql = format!(
+                "UPDATE webhook_messages SET state = {state_sql}, attempts = attempts + 1, \
+                 failures = failures + $3::int, lease_owner = NULL, lease_until = NULL, \
+                 next_attempt_at = now() + $4 * interval '1 millisecond', \
+                 delivered_at = CASE WHEN {state_sql} = 'delivered' THEN now() ELSE delivered_at END, \
+                 last_error = $5 \
+                 WHERE id = $1 AND lease_owner = $2 \
+                 RETURNING attempts, ordering_key, event_id"
+            );
+            let last_error = r.error.clone().or_else(|| {
+                r.status_code
+                    .filter(|_| failed)
+                    .map(|c| format!("HTTP {c}"))
+            });
+            let updated = tx
+                .query_opt(
+                    &sql,
+                    &[
+                        &r.message_id,
+                        &owner,
+                        &(failed as i32),
+                        &retry_ms,
+                        &last_error,
+                    ],
+                )
+                .await
+                .map_err(map_db)?;
+            let (attempt, event_id): (i32, Uuid) = match &updated {
+                Some(row) => (row.get(0), row.get(2)),
+                None => {
+                    // Our lease ran out and someone else has the message: keep
+                    // the record of what we saw, change nothing else.
+                    tracing::warn!(message = %r.message_id, "attempt finished after its lease ended");
+                    let row = tx
+                        .query_one(
+                            "SELECT attempts + 1, event_id FROM webhook_messages WHERE id = $1",
+                            &[&r.message_id],
+                        )
+                        .await
+                        .map_err(map_db)?;
+                    (row.get(0), row.get(1))
+                }
+            };
+            tx.execute(
+                "INSERT INTO webhook_attempts (tenant_id, message_id, endpoint_id, event_id, \
+                 attempt, started_at, latency_ms, status_code, error, response_excerpt, outcome) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                &[
+                    &r.tenant.as_uuid(),
+                    &r.message_id,
+                    &r.endpoint_id,
+                    &event_id,
+                    &attempt,
+                    &r.started_at,
+                    &(r.latency_ms as i32),
+                    &r.status_code.map(|c| c as i32),
+                    &r.error,
+                    &r.response_excerpt,
+                    &outcome_name(&r.decision),
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+            let Some(row) = updated else { continue };
+            let key: String = row.get(1);
+            match &r.decision {
+                AttemptDecision::Delivered => {
+                    tx.execute(
+                        "SELECT buktor_webhook_promote($1, ARRAY[$2])",
+                        &[&r.endpoint_id, &key],
+                    )
+                    .await
+                    .map_err(map_db)?;
+                }
+                AttemptDecision::DeadLetter { disable_endpoint } => {
+                    dead.push(r.message_id.clone());
+                    if *disable_endpoint {
+                        disable(&tx, r.endpoint_id, "a message was dead-lettered").await?;
+                    }
+                }
+                AttemptDecision::EndpointGone => {
+                    disable(&tx, r.endpoint_id, "the endpoint answered 410 Gone").await?;
+                }
+                AttemptDecision::Retry { .. } => {}
+            }
+        }
+        tx.commit().await.map_err(map_db)?;
+        Ok(dead)
+    }
+
+    async fn release(&self, owner: &str, message_ids: &[String]) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE webhook_messages SET lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ANY ($1) AND lease_owner = $2",
+                &[&message_ids, &owner],
+            )
+            .await
+            .map_err(map_db)?;
+        Ok(())
+    }
+
+    async fn messages(
+        &self,
+        tenant: TenantId,
+        filter: &MessageFilter,
+    ) -> StoreResult<Vec<MessageRecord>> {
+        let client = self.client().await?;
+        let (after_tx, after_seq, after_endpoint) = match filter.after {
+            Some((p, e)) => (Some(p.tx), Some(p.seq), Some(e)),
+            None => (None, None, None),
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM webhook_messages \
+             WHERE tenant_id = $1 \
+               AND ($2::uuid IS NULL OR endpoint_id = $2) \
+               AND ($3::uuid IS NULL OR event_id = $3) \
+               AND ($4::text IS NULL OR state = $4) \
+               AND ($5::bigint IS NULL OR (position_tx, position_seq, endpoint_id) > ($5, $6, $7)) \
+             ORDER BY position_tx, position_seq, endpoint_id LIMIT $8"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(map_db)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &tenant.as_uuid(),
+                    &filter.endpoint_id,
+                    &filter.event_id,
+                    &filter.state.map(|s| s.as_str()),
+                    &after_tx,
+                    &after_seq,
+                    &after_endpoint,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    async fn message(&self, tenant: TenantId, id: &str) -> StoreResult<Option<MessageRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE id = $1 AND tenant_id = $2"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &tenant.as_uuid()])
+            .await
+            .map_err(map_db)?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn attempts(
+        &self,
+        tenant: TenantId,
+        filter: &AttemptFilter,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT seq, message_id, endpoint_id, event_id, attempt, started_at, latency_ms, \
+                 status_code, error, response_excerpt, outcome FROM webhook_attempts \
+                 WHERE tenant_id = $1 \
+                   AND ($2::uuid IS NULL OR endpoint_id = $2) \
+                   AND ($3::text IS NULL OR message_id = $3) \
+                   AND ($4::uuid IS NULL OR event_id = $4) \
+                   AND ($5::bigint IS NULL OR seq > $5) \
+                 ORDER BY seq LIMIT $6",
+            )
+            .await
+            .map_err(map_db)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &tenant.as_uuid(),
+                    &filter.endpoint_id,
+                    &filter.message_id,
+                    &filter.event_id,
+                    &filter.after,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        Ok(rows.iter().map(decode_attempt).collect())
+    }
+
+    async fn message_counts(&self, tenant: TenantId, endpoint: Uuid) -> StoreResult<MessageCounts> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT state, count(*) FROM webhook_messages \
+                 WHERE tenant_id = $1 AND endpoint_id = $2 GROUP BY state",
+                &[&tenant.as_uuid(), &endpoint],
+            )
+            .await
+            .map_err(map_db)?;
+        let mut counts = MessageCounts::default();
+        for row in rows {
+            let n = row.get::<_, i64>(1) as u64;
+            match MessageState::parse(row.get(0)) {
+                Some(MessageState::Queued) => counts.queued = n,
+                Some(MessageState::Pending) => counts.pending = n,
+                Some(MessageState::Delivered) => counts.delivered = n,
+                Some(MessageState::Dead) => counts.dead = n,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn replay_message(&self, tenant: TenantId, id: &str) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_db)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT endpoint_id FROM webhook_messages WHERE id = $1 AND tenant_id = $2",
+                &[&id, &tenant.as_uuid()],
+            )
+            .await
+            .map_err(map_db)?
+        else {
+            return Ok(false);
+        };
+        let endpoint: Uuid = row.get(0);
+        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1])", &[&endpoint])
+            .await
+            .map_err(map_db)?;
+        let n = tx
+            .execute(
+                "UPDATE webhook_messages SET state = 'pending', failures = 0, \
+                 next_attempt_at = now(), lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND state = 'dead'",
+                &[&id],
+            )
+            .await
+            .map_err(map_db)?;
+        tx.commit().await.map_err(map_db)?;
+        Ok(n == 1)
+    }
+
+    async fn replay_endpoint(
+        &self,
+        tenant: TenantId,
+        endpoint: Uuid,
+        from: ReplayFrom,
+    ) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_db)?;
+        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1])", &[&endpoint])
+            .await
+            .map_err(map_db)?;
+        let (p, t) = match from {
+            ReplayFrom::Position(p) => (Some(p), None),
+            ReplayFrom::Time(t) => (None, Some(t)),
+        };
+        let rows = tx
+            .query(
+                "UPDATE webhook_messages SET state = 'queued', failures = 0 \
+                 WHERE tenant_id = $1 AND endpoint_id = $2 AND state IN ('delivered', 'dead') \
+                   AND ($3::bigint IS NULL OR (position_tx, position_seq) >= ($3, $4)) \
+                   AND ($5::timestamptz IS NULL OR created_at >= $5) \
+                 RETURNING ordering_key",
+                &[
+                    &tenant.as_uuid(),
+                    &endpoint,
+                    &p.map(|p| p.tx),
+                    &p.map(|p| p.seq),
+                    &t,
+                ],
+            )
+            .await
+            .map_err(map_db)?;
+        let mut keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        keys.sort();
+        keys.dedup();
+        tx.execute("SELECT buktor_webhook_promote($1, $2)", &[&endpoint, &keys])
+            .await
+            .map_err(map_db)?;
+        tx.commit().await.map_err(map_db)?;
+        Ok(rows.len() as u64)
+    }
+}
+
+async fn disable(
+    tx: &tokio_postgres::Transaction<'_>,
+    endpoint: Uuid,
+    reason: &str,
+) -> StoreResult<()> {
+    tx.execute(
+        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, updated_at = now() \
+         WHERE id = $1 AND enabled",
+        &[&endpoint, &reason],
+    )
+    .await
+    .map_err(map_db)?;
+    Ok(())
+}

@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: GraphqlCommand,
     },
+    /// Manage the HIS endpoints Buktor pushes events to, and their deliveries.
+    Endpoint {
+        #[command(subcommand)]
+        command: buktor::webhooks::cli::EndpointCommand,
+    },
     /// Check and export the tamper-evident hash chain over the events.
     Audit {
         #[command(subcommand)]
@@ -196,6 +201,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             store.create_api_key(&key.record).await?;
             println!("{}", key.token);
             Ok(())
+        }
+        Command::Endpoint { command } => {
+            let store = store::open(&config).await?;
+            buktor::webhooks::cli::run(&*store, &config.webhooks, command).await
         }
         Command::Serve { demo } => serve(config, demo).await,
         Command::Audit { command } => audit_command(&config, command).await,

@@ -8,6 +8,7 @@
 //!   one transaction.
 //! - `dispatch`: claims due messages under a lease and sends them, retrying
 //!   per the schedule; in order per appointment, in parallel otherwise.
+pub mod cli;
 pub mod dispatch;
 pub mod endpoints;
 pub mod fanout;

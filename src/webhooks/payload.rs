@@ -132,14 +132,18 @@ fn decode<E: buktor_domain::DomainEvent>(e: &RecordedEvent) -> Result<E, Payload
     })
 }
 
-/// Brings `cache[stream]` to exactly `version`: applies `event` when the cache
-/// is one behind, else reads the stream's events up to `version` first.
+/// Brings `cache[stream]` to `version` (or its last event, if fewer):
+/// applies `event` (the stream's event at `version`, when given) if the
+/// cache is just before it, else reads the missing events from the store.
+/// In global order a stream's events come one after another, so after the
+/// first read of a stream the store is not asked again.
 async fn fold_to<'c, A: Aggregate>(
     cache: &'c mut HashMap<String, Folded<A>>,
     store: &dyn EventStore,
     tenant: TenantId,
     stream: &str,
     version: i64,
+    event: Option<&RecordedEvent>,
 ) -> Result<&'c A, PayloadError> {
     if cache.len() > MAX_CACHED_STREAMS {
         cache.clear();
@@ -155,6 +159,10 @@ async fn fold_to<'c, A: Aggregate>(
         );
     }
     let folded = cache.get_mut(stream).expect("inserted above");
+    if let Some(e) = event.filter(|e| e.version == folded.version + 1 && e.version == version) {
+        folded.state.apply(&decode::<A::Event>(e)?);
+        folded.version = e.version;
+    }
     if folded.version < version {
         for e in store.read_stream(tenant, stream, folded.version).await? {
             if e.version > version {
@@ -205,6 +213,7 @@ impl PayloadBuilder {
                     tenant,
                     &event.stream_id,
                     event.version,
+                    Some(event),
                 )
                 .await?
                 .booked
@@ -238,6 +247,7 @@ impl PayloadBuilder {
                     tenant,
                     &event.stream_id,
                     event.version,
+                    Some(event),
                 )
                 .await?
                 .clone();
@@ -258,6 +268,7 @@ impl PayloadBuilder {
                     tenant,
                     &event.stream_id,
                     event.version,
+                    Some(event),
                 )
                 .await?;
                 let practitioner = self.practitioner_json(store, id).await?;
@@ -270,6 +281,7 @@ impl PayloadBuilder {
                     tenant,
                     &event.stream_id,
                     event.version,
+                    Some(event),
                 )
                 .await?;
                 data.insert("service".into(), service_json(service.defined.as_ref()));
@@ -346,6 +358,7 @@ impl PayloadBuilder {
                 self.tenant,
                 &stream,
                 i64::MAX,
+                None,
             )
             .await?;
         }
@@ -374,6 +387,7 @@ impl PayloadBuilder {
                 self.tenant,
                 &service_stream,
                 i64::MAX,
+                None,
             )
             .await?;
         }

@@ -336,7 +336,9 @@ struct Appointment {
     actor: Option<String>,
     patient: view::Patient,
     practitioner: view::Practitioner,
-    service: view::Service,
+    /// `null` only for a service Buktor cannot find; then SCH-7 and AIS
+    /// are left out.
+    service: Option<view::Service>,
 }
 
 /// The webhook body as `docs/webhooks.md` describes it; only what SIU uses.
@@ -385,7 +387,7 @@ mod view {
         pub previous: Option<Previous>,
         pub patient: Patient,
         pub practitioner: Practitioner,
-        pub service: Service,
+        pub service: Option<Service>,
     }
 
     #[derive(Deserialize)]
@@ -619,23 +621,26 @@ fn render(
     // the system that takes the booking and the one that keeps the slot.
     let appointment_id = components(&[text(&a.id), local_ns.clone()]);
     let event_reason = event_reason(trigger, event_type, a);
-    let service_label = a.service.name.as_deref().unwrap_or("");
-    let actor = a
-        .actor
-        .as_deref()
-        .map(|id| {
-            let mut parts = vec![String::new(); 9];
-            parts[0] = text(id);
-            parts[8] = local_ns.clone();
-            components(&parts)
-        })
-        .unwrap_or_default();
+    // SCH-16 and SCH-20 are required: who made the change, or Buktor itself
+    // for a body without an actor.
+    let actor = {
+        let mut parts = vec![String::new(); 9];
+        parts[0] = text(a.actor.as_deref().unwrap_or(&header.sending_application));
+        parts[8] = local_ns.clone();
+        components(&parts)
+    };
     segments.push(
         Segment::new("SCH")
             .field(1, appointment_id.clone())
             .field(2, appointment_id)
             .field(6, event_reason)
-            .field(7, service_code(a, service_label, his))
+            .field(
+                7,
+                a.service
+                    .as_ref()
+                    .map(|s| service_code(s, his))
+                    .unwrap_or_default(),
+            )
             .field(8, ce("Normal", "Routine schedule request type", "HL70277"))
             .field(9, minutes.clone())
             .field(10, minute_units.clone())
@@ -724,16 +729,18 @@ fn render(
     );
 
     segments.push(Segment::new("RGS").field(1, "1").field(2, action));
-    segments.push(
-        Segment::new("AIS")
-            .field(1, "1")
-            .field(2, action)
-            .field(3, service_code(a, service_label, his))
-            .field(4, start.clone())
-            .field(7, minutes.clone())
-            .field(8, minute_units.clone())
-            .field(10, status.clone()),
-    );
+    if let Some(service) = &a.service {
+        segments.push(
+            Segment::new("AIS")
+                .field(1, "1")
+                .field(2, action)
+                .field(3, service_code(service, his))
+                .field(4, start.clone())
+                .field(7, minutes.clone())
+                .field(8, minute_units.clone())
+                .field(10, status.clone()),
+        );
+    }
 
     let p = &a.practitioner;
     let (person_id, authority) = match &p.external_id {
@@ -771,17 +778,18 @@ fn render(
 
 /// AIS-3 and SCH-7: the HIS's code for the service when it has one, with
 /// Buktor's id as the alternate; Buktor's id alone otherwise.
-fn service_code(a: &Appointment, label: &str, his: &str) -> String {
-    match &a.service.external_id {
+fn service_code(service: &view::Service, his: &str) -> String {
+    let label = opt(&service.name);
+    match &service.external_id {
         Some(external) => components(&[
             text(external),
             text(label),
             text(his),
-            text(&a.service.id),
+            text(&service.id),
             text(label),
             LOCAL_CODING_SYSTEM.into(),
         ]),
-        None => ce(&a.service.id, label, LOCAL_CODING_SYSTEM),
+        None => ce(&service.id, label, LOCAL_CODING_SYSTEM),
     }
 }
 
@@ -1014,6 +1022,23 @@ mod tests {
         let pid = segment(&siu.text, "PID");
         assert_eq!(pid[5], r"O'Brien\F\Smith\S\Jr\R\\T\\E\^^^^^^D");
         assert_eq!(segment(&siu.text, "NTE")[3], r"line one\.br\MSH\F\evil");
+    }
+
+    #[test]
+    fn a_missing_service_or_actor_leaves_out_only_what_depends_on_it() {
+        let mut b = body("appointment.booked", "booked");
+        b["data"]["appointment"]["service"] = json!(null);
+        b["data"]["event"].as_object_mut().unwrap().remove("actor");
+        let siu = build(&header(), &stored("appointment.booked", b)).unwrap();
+        let names: Vec<&str> = siu.text.split_terminator('\r').map(|s| &s[..3]).collect();
+        assert_eq!(names, ["MSH", "SCH", "TQ1", "PID", "RGS", "AIP"]);
+        let sch = segment(&siu.text, "SCH");
+        assert_eq!(sch[7], "");
+        assert_eq!(
+            sch[16], "BUKTOR^^^^^^^^BUKTOR",
+            "SCH-16 is required: Buktor itself"
+        );
+        assert_eq!(sch[20], sch[16]);
     }
 
     #[test]

@@ -10,5 +10,6 @@ mod api_feed;
 mod api_restart;
 mod api_security;
 mod audit_chain;
+mod middleware_hl7;
 mod read_side;
 mod server;

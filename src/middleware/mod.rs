@@ -27,3 +27,50 @@ pub struct StoredMessage {
     /// When the middleware stored it.
     pub received_at: DateTime<Utc>,
 }
+
+pub mod bench;
+pub mod config;
+pub mod his_db;
+pub mod mapping;
+pub mod payload;
+pub mod receiver;
+pub mod schedule;
+pub mod serve;
+pub mod store;
+pub mod sync;
+
+/// Where the middleware delivers messages. Each message has a sync state per output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// The HIS's own SQL database, through the mapping file.
+    HisDb,
+    /// HL7 v2 over MLLP.
+    Hl7,
+}
+
+impl Output {
+    pub const ALL: [Output; 2] = [Output::HisDb, Output::Hl7];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::HisDb => "his_db",
+            Output::Hl7 => "hl7",
+        }
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Output::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an output (his_db, hl7)"))
+    }
+}

@@ -111,7 +111,18 @@ fn parse_args() -> anyhow::Result<Args> {
     })
 }
 
+#[path = "bench/webhooks.rs"]
+mod webhooks;
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("webhooks") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(webhooks::run(&args));
+    }
     if let Some(sub) = std::env::args()
         .nth(1)
         .filter(|a| READ_SUBCOMMANDS.contains(&a.as_str()))

@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn bodies_outside_the_contract_are_refused_by_kind() {
-        let cases: [(&[u8], fn(&PayloadError) -> bool); 5] = [
+        type Case = (&'static [u8], fn(&PayloadError) -> bool);
+        let cases: [Case; 5] = [
             (b"{not json", |e| matches!(e, PayloadError::Malformed(_))),
             (b"[1]", |e| matches!(e, PayloadError::Malformed(_))),
             (

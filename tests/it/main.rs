@@ -10,6 +10,7 @@ mod api_feed;
 mod api_restart;
 mod api_security;
 mod audit_chain;
+mod middleware;
 mod middleware_hl7;
 mod read_side;
 mod server;

@@ -5,11 +5,12 @@
 //! the column's own type by assignment (e.g. `int8` into an `integer`
 //! column, `timestamptz` into `timestamp`).
 //!
-//! A batch is first sent pipelined in one transaction. If PostgreSQL refuses
-//! a row's data (SQLSTATE class 22, data exception, or 23, integrity
-//! constraint), the transaction is rolled back and the batch is written
-//! again row by row, each under a savepoint: the refused rows are reported
-//! and the others committed, still in one transaction.
+//! A batch is sent pipelined in one transaction. If PostgreSQL refuses a
+//! row's data (SQLSTATE class 22, data exception, or 23, integrity
+//! constraint), the transaction is rolled back, that row is reported, and
+//! the rest of the batch is sent again, until a transaction commits: the
+//! batch's good rows are always committed together, in one transaction
+//! (no savepoints), at the cost of one more round trip per refused row.
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -194,48 +195,44 @@ async fn write(
         .iter()
         .map(|row| row.iter().map(param).collect())
         .collect();
-    {
+    let mut results = vec![RowResult::Written; rows.len()];
+    let mut remaining: Vec<usize> = (0..rows.len()).collect();
+    while !remaining.is_empty() {
         let tx = connected.client.transaction().await.map_err(unavailable)?;
-        let results = join_all(params.iter().map(|p| tx.execute(&statement, p))).await;
-        let first_error = results.into_iter().find_map(Result::err);
+        let outcomes = join_all(
+            remaining
+                .iter()
+                .map(|&i| tx.execute(&statement, &params[i])),
+        )
+        .await;
+        // Statements after a failed one only report the aborted transaction:
+        // the first error in order is the one that counts.
+        let first_error = outcomes
+            .into_iter()
+            .enumerate()
+            .find_map(|(k, r)| r.err().map(|e| (k, e)));
         match first_error {
             None => {
                 tx.commit().await.map_err(unavailable)?;
-                return Ok(vec![RowResult::Written; rows.len()]);
+                break;
             }
-            Some(e) if rejects_row(&e) => {
-                // Rolled back when `tx` drops; isolate the refused rows below.
-                tracing::info!(error = %e, "the HIS database refused a row; writing the batch row by row");
-            }
-            Some(e) => return Err(unavailable(e)),
-        }
-    }
-    let mut tx = connected.client.transaction().await.map_err(unavailable)?;
-    let mut results = Vec::with_capacity(rows.len());
-    for p in &params {
-        let savepoint = tx.savepoint("buktor_row").await.map_err(unavailable)?;
-        match savepoint.execute(&statement, p).await {
-            Ok(_) => {
-                savepoint.commit().await.map_err(unavailable)?;
-                results.push(RowResult::Written);
-            }
-            Err(e) if rejects_row(&e) => {
-                savepoint.rollback().await.map_err(unavailable)?;
+            Some((k, e)) if rejects_row(&e) => {
+                tx.rollback().await.map_err(unavailable)?;
                 let detail = e.as_db_error().map_or_else(
                     || e.to_string(),
                     |db| {
-                        let code = db.code().code();
                         format!(
-                            "the HIS database refused the row ({code}): {}",
+                            "the HIS database refused the row ({}): {}",
+                            db.code().code(),
                             db.message()
                         )
                     },
                 );
-                results.push(RowResult::Rejected(detail));
+                tracing::info!(error = %detail, "the HIS database refused a row; writing the rest of its batch again");
+                results[remaining.remove(k)] = RowResult::Rejected(detail);
             }
-            Err(e) => return Err(unavailable(e)),
+            Some((_, e)) => return Err(unavailable(e)),
         }
     }
-    tx.commit().await.map_err(unavailable)?;
     Ok(results)
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::{DomainError, DomainResult};
-use crate::values::{Capacity, Minutes, Name};
+use crate::values::{Capacity, Minutes, Name, ShortText};
 use crate::{PractitionerId, ServiceId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,10 @@ pub struct ServiceDetails {
     pub min_notice: Minutes,
     /// A booking may start at most this many days after it is made.
     pub max_advance_days: u32,
+    /// The HIS's own id for this service (absent in events written before
+    /// services carried one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<ShortText>,
 }
 
 impl ServiceDetails {
@@ -60,7 +64,16 @@ impl ServiceDetails {
             practitioners,
             min_notice: Minutes::parse("minNoticeMinutes", min_notice_minutes, 0, 60 * 24 * 60)?,
             max_advance_days: max_advance_days as u32,
+            external_id: None,
         })
+    }
+
+    /// The same service, known to the HIS as `external_id`.
+    pub fn with_external_id(self, external_id: Option<ShortText>) -> Self {
+        ServiceDetails {
+            external_id,
+            ..self
+        }
     }
 }
 

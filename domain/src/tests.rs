@@ -537,3 +537,33 @@ fn busy_time_never_crosses_local_midnight() {
     assert_eq!(code(book(tue(0, 0))), "OUTSIDE_AVAILABILITY");
     assert!(book(tue(0, 15)).is_ok());
 }
+
+#[test]
+fn a_service_defined_before_services_had_his_ids_still_decodes() {
+    let p = PractitionerId::new();
+    let details = ServiceDetails::parse("Consult", 20, 0, 0, 1, [p], 0, 90).unwrap();
+    let defined = crate::service::ServiceEvent::ServiceDefined {
+        service_id: ServiceId::new(),
+        details: details.clone(),
+    };
+    let old = encode(&defined);
+    assert!(
+        old.payload.get("external_id").is_none(),
+        "an absent HIS id is not written: {}",
+        old.payload
+    );
+    let back: crate::service::ServiceEvent =
+        decode(&old.event_type, old.schema_version, old.payload).unwrap();
+    assert_eq!(back, defined);
+
+    let with_id = details.with_external_id(Some(ShortText::parse("externalId", "SVC-7").unwrap()));
+    let event = crate::service::ServiceEvent::ServiceUpdated {
+        service_id: ServiceId::new(),
+        details: with_id,
+    };
+    let encoded = encode(&event);
+    assert_eq!(encoded.payload["external_id"], "SVC-7");
+    let back: crate::service::ServiceEvent =
+        decode(&encoded.event_type, encoded.schema_version, encoded.payload).unwrap();
+    assert_eq!(back, event);
+}

@@ -97,6 +97,8 @@ pub struct ServiceInput {
     pub min_notice_minutes: i64,
     #[graphql(default = 90)]
     pub max_advance_days: i64,
+    /// The HIS's own id for this service, sent back in pushes.
+    pub external_id: Option<String>,
 }
 
 impl ServiceInput {
@@ -106,7 +108,7 @@ impl ServiceInput {
             .iter()
             .map(|id| parse_id::<PractitionerId>("practitionerIds", id))
             .collect::<Result<Vec<_>>>()?;
-        ServiceDetails::parse(
+        Ok(ServiceDetails::parse(
             &self.name,
             self.duration_minutes,
             self.buffer_before_minutes,
@@ -116,7 +118,13 @@ impl ServiceInput {
             self.min_notice_minutes,
             self.max_advance_days,
         )
-        .map_err(domain)
+        .map_err(domain)?
+        .with_external_id(
+            self.external_id
+                .as_deref()
+                .map(|s| ShortText::parse("externalId", s).map_err(domain))
+                .transpose()?,
+        ))
     }
 
     pub fn into_define(self) -> Result<DefineService> {

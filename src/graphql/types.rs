@@ -113,6 +113,10 @@ impl Service {
     async fn min_notice_minutes(&self) -> u32 {
         self.0.details.min_notice.get()
     }
+    /// The HIS's own id for this service.
+    async fn external_id(&self) -> Option<&str> {
+        self.0.details.external_id.as_ref().map(|d| d.as_str())
+    }
     async fn max_advance_days(&self) -> u32 {
         self.0.details.max_advance_days
     }

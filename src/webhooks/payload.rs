@@ -459,7 +459,7 @@ fn service_json(s: Option<&DefinedService>) -> Value {
     };
     json!({
         "id": s.id.to_string(),
-        "externalId": Value::Null,
+        "externalId": s.details.external_id.as_ref().map(|x| x.as_str()),
         "name": s.details.name.as_str(),
         "durationMinutes": s.details.duration.get(),
         "active": s.active,

@@ -98,7 +98,7 @@ fn body(id: &str, version: i64, status: &str, patient: Option<&str>) -> Value {
             "appointment": {
                 "id": id, "version": version, "status": status,
                 "start": start.to_rfc3339(), "end": (start + chrono::Duration::minutes(20)).to_rfc3339(),
-                "localStart": start.to_rfc3339(), "localEnd": start.to_rfc3339(),
+                "localStart": start.to_rfc3339(), "localEnd": (start + chrono::Duration::minutes(20)).to_rfc3339(),
                 "calendarDay": start.format("%Y-%m-%d").to_string(), "note": null,
                 "cancellation": null, "previous": null,
                 "patient": {"hisPatientId": patient, "name": "Ada Jansen", "phone": null, "email": null},
@@ -137,8 +137,9 @@ struct Setup {
 }
 
 /// A configuration file, mapping file and data directory in a temporary
-/// directory, for a HIS database at `his_url`; `extra` is appended to the
-/// top level (before any table).
+/// directory, for a HIS database at `his_url`; the `extra_*` lines go at
+/// the top level (where a `listen` or `secrets` replaces the default one),
+/// into `[his_db]` and into `[schedule]`.
 fn setup(his_url: &str, extra_top: &str, extra_his_db: &str, extra_schedule: &str) -> Setup {
     let dir = tempfile::Builder::new()
         .prefix("buktor-middleware-test-")
@@ -151,8 +152,13 @@ fn setup(his_url: &str, extra_top: &str, extra_his_db: &str, extra_schedule: &st
     } else {
         format!("secrets = [\"{}\"]", secret.expose())
     };
+    let listen = if extra_top.contains("listen =") {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\""
+    };
     let config = format!(
-        "listen = \"127.0.0.1:0\"\n\
+        "{listen}\n\
          data_dir = \"{data}\"\n\
          {secrets}\n\
          workers = 1\n\
@@ -1195,4 +1201,269 @@ async fn middleware_loses_nothing_when_the_his_database_stops_and_the_middleware
         .expect("buktor-middleware did not stop within 30 s of SIGTERM")
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+}
+
+// --- Buktor itself pushing to the middleware ---------------------------------------------
+
+const CREATE_ENDPOINT: &str = "mutation($input: WebhookEndpointInput!) {
+    createWebhookEndpoint(input: $input) { secret endpoint { id } } }";
+const RESCHEDULE: &str = "mutation($id: ID!, $start: DateTime!) {
+    rescheduleAppointment(id: $id, start: $start) { id } }";
+const CANCEL: &str = "mutation($id: ID!, $reason: String!, $by: CancelledByInput!) {
+    cancelAppointment(id: $id, reason: $reason, cancelledBy: $by) { id } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_gets_buktors_bookings_reschedules_and_cancellations_into_the_his_table() {
+    use crate::server::{book_input, days_ahead, local, set_up_hospital, Deployment, BOOK};
+
+    let deployment = Deployment::postgres().await;
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "Legacy HIS Hospital").await;
+    let (his_db, his) = his_database().await;
+
+    // The middleware's address is chosen first: Buktor's endpoint needs it,
+    // and the middleware needs the endpoint's secret.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let created = server
+        .gql_ok(
+            &h.admin,
+            CREATE_ENDPOINT,
+            json!({"input": {"url": format!("http://127.0.0.1:{port}{PATH}"), "description": "legacy HIS"}}),
+        )
+        .await;
+    let secret = created["createWebhookEndpoint"]["secret"]
+        .as_str()
+        .expect("a secret")
+        .to_owned();
+    let setup = setup(
+        &his_db.url,
+        &format!("listen = \"127.0.0.1:{port}\"\nsecrets = [\"{secret}\"]"),
+        "",
+        "",
+    );
+    let mut middleware = spawn_middleware(&setup, "middleware.log").await;
+
+    let book = |patient: &'static str, start| {
+        let input = book_input(&h.practitioner, &h.checkup, start, patient);
+        let server = &server;
+        let admin = h.admin.clone();
+        async move {
+            let data = server.gql_ok(&admin, BOOK, json!({ "input": input })).await;
+            data["bookAppointment"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let day = days_ahead(3);
+    let kept = book("P-KEPT", local(day, 9, 0)).await;
+    let moved = book("P-MOVED", local(day, 10, 0)).await;
+    let cancelled = book("P-CANCELLED", local(day, 11, 0)).await;
+    let moved_then_cancelled = book("P-BOTH", local(day, 12, 0)).await;
+    for (id, to) in [
+        (&moved, local(day, 14, 0)),
+        (&moved_then_cancelled, local(day, 15, 0)),
+    ] {
+        server
+            .gql_ok(
+                &h.admin,
+                RESCHEDULE,
+                json!({"id": id, "start": to.to_rfc3339()}),
+            )
+            .await;
+    }
+    for id in [&cancelled, &moved_then_cancelled] {
+        server
+            .gql_ok(
+                &h.admin,
+                CANCEL,
+                json!({"id": id, "reason": "ill", "by": "PATIENT"}),
+            )
+            .await;
+    }
+
+    let expected: HisRows = [
+        (&kept, 1, "booked", "P-KEPT", local(day, 9, 0)),
+        (&moved, 2, "booked", "P-MOVED", local(day, 14, 0)),
+        (&cancelled, 2, "cancelled", "P-CANCELLED", local(day, 11, 0)),
+        (
+            &moved_then_cancelled,
+            3,
+            "cancelled",
+            "P-BOTH",
+            local(day, 15, 0),
+        ),
+    ]
+    .into_iter()
+    .map(|(id, v, status, patient, start)| {
+        (
+            id.clone(),
+            (v, status.to_owned(), patient.to_owned(), start),
+        )
+    })
+    .collect();
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = his_rows(&his).await;
+        if now == expected {
+            break;
+        }
+        if Instant::now() > until {
+            let log = std::fs::read_to_string(setup.dir.path().join("middleware.log"))
+                .unwrap_or_default();
+            panic!(
+                "the HIS table is not the final state of every appointment:\n\
+                 table: {now:#?}\nexpected: {expected:#?}\nmiddleware log:\n{log}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = setup.store().status().unwrap();
+    assert_eq!(status.outputs[0].failed, 0, "{status:?}");
+    middleware.child.kill().await.unwrap();
+    drop(his);
+    his_db.drop_db().await;
+}
+
+/// appointment → (version, status, patient, start).
+type HisRows = BTreeMap<String, (i64, String, String, DateTime<Utc>)>;
+
+async fn his_rows(client: &tokio_postgres::Client) -> HisRows {
+    client
+        .query(
+            "SELECT appointment_id, version, status, patient_id, starts_at FROM his_appointments",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+        .collect()
+}
+
+// --- the HL7 output beside the database ------------------------------------------------
+
+/// An MLLP peer on 127.0.0.1 that answers `AA` to every message and keeps them.
+async fn start_hl7_peer() -> (
+    u16,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = received.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buffer.ends_with(&[0x1c, 0x0d]) {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&buffer)
+                .trim_start_matches('\u{b}')
+                .trim_end_matches(['\u{1c}', '\r'])
+                .to_string();
+            let control_id = text
+                .split('\r')
+                .next()
+                .and_then(|msh| msh.split('|').nth(9))
+                .unwrap_or_default()
+                .to_string();
+            kept.lock().unwrap().push(text);
+            let ack = format!(
+                "\u{b}MSH|^~\\&|HIS|HIS|BUKTOR|BUKTOR|20261125120000||ACK|A{control_id}|T|2.5\rMSA|AA|{control_id}\r\u{1c}\r"
+            );
+            let _ = socket.write_all(ack.as_bytes()).await;
+        }
+    });
+    (port, received, task)
+}
+
+#[tokio::test]
+async fn middleware_sends_messages_to_hl7_beside_the_database_with_a_state_per_output() {
+    let his_dir = tempfile::tempdir().unwrap();
+    let his_path = his_dir.path().join("his.db");
+    rusqlite::Connection::open(&his_path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE his_appointments (appointment_id TEXT PRIMARY KEY, version INTEGER NOT NULL,
+             status TEXT NOT NULL, patient_id TEXT NOT NULL, starts_at TEXT NOT NULL, note TEXT)",
+        )
+        .unwrap();
+    let (port, received, peer) = start_hl7_peer().await;
+    let setup = setup(&format!("sqlite:{}", his_path.display()), "", "", "");
+    let mut config = std::fs::read_to_string(&setup.config_path).unwrap();
+    config.push_str(&format!(
+        "[hl7]\nhost = \"127.0.0.1\"\nport = {port}\nconnect_timeout_ms = 1000\n\
+         ack_timeout_ms = 2000\nprocessing_id = \"T\"\n"
+    ));
+    std::fs::write(&setup.config_path, config).unwrap();
+    let r = start_receiver(&setup).await;
+    let mut syncer = Syncer::new(setup.store(), &setup.settings());
+
+    assert_eq!(r.push(&webhook_id("h", 1), &booked("h", 1)).await, 200);
+    let cancel = body("h", 2, "cancelled", Some("P-h"));
+    assert_eq!(r.push(&webhook_id("h", 2), &cancel).await, 200);
+    let schedule = json!({"type": "schedule.changed", "version": 1, "data": {"schedule": {}}});
+    assert_eq!(r.push("msg_schedule", &schedule).await, 200);
+
+    // One pass: each appointment message goes to both outputs, v1 before v2.
+    let report = setup.pass(&mut syncer, false).await;
+    for _ in 0..2 {
+        let report = setup.pass(&mut syncer, false).await;
+        assert!(
+            report.outputs.iter().all(|o| o.error.is_none()),
+            "{report:?}"
+        );
+    }
+    let hl7 = report.output(Output::Hl7).unwrap();
+    assert_eq!(
+        hl7.ignored, 1,
+        "schedule.changed has no SIU form: {report:?}"
+    );
+    let messages = received.lock().unwrap().clone();
+    assert_eq!(
+        messages.len(),
+        2,
+        "{messages:?} {report:?} {:?}",
+        r.store.messages().unwrap()
+    );
+    assert!(messages[0].contains("SIU^S12"), "{}", messages[0]);
+    assert!(messages[1].contains("SIU^S15"), "{}", messages[1]);
+    for output in [Output::HisDb, Output::Hl7] {
+        let s = states(&r.store, output);
+        assert_eq!(s[&webhook_id("h", 1)], "synced", "{output}");
+        assert_eq!(s[&webhook_id("h", 2)], "synced", "{output}");
+        assert_eq!(s["msg_schedule"], "ignored", "{output}");
+    }
+
+    // The HL7 receiver goes away: the database output goes on, HL7 waits.
+    peer.abort();
+    let _ = peer.await;
+    let rebooked = body("h", 3, "booked", Some("P-h"));
+    assert_eq!(r.push(&webhook_id("h", 3), &rebooked).await, 200);
+    let report = setup.pass(&mut syncer, false).await;
+    assert_eq!(
+        report.output(Output::HisDb).unwrap().synced,
+        1,
+        "{report:?}"
+    );
+    let hl7 = report.output(Output::Hl7).unwrap();
+    assert_eq!(hl7.deferred, 1, "{report:?}");
+    assert!(hl7.error.is_some(), "{report:?}");
+    assert_eq!(
+        states(&r.store, Output::Hl7)[&webhook_id("h", 3)],
+        "pending"
+    );
+    assert_eq!(
+        states(&r.store, Output::HisDb)[&webhook_id("h", 3)],
+        "synced"
+    );
+    r.handle.stop(false).await;
 }

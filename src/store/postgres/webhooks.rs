@@ -102,6 +102,10 @@ fn decode_attempt(row: &Row) -> AttemptRecord {
     }
 }
 
+/// The state after a failed attempt that leaves a message owed: pending, or
+/// queued if a replay queued it behind its key while the attempt ran.
+const STILL_DUE: &str = "CASE state WHEN 'queued' THEN 'queued' ELSE 'pending' END";
+
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -370,9 +374,10 @@ impl WebhookStore for PostgresStore {
         for r in results {
             let (state_sql, retry_ms, failed) = match &r.decision {
                 AttemptDecision::Delivered => ("'delivered'", 0.0, false),
-                AttemptDecision::Retry { after } => ("'pending'", millis(*after), true),
+                // A message a replay queued behind its key while in flight stays queued.
+                AttemptDecision::Retry { after } => (STILL_DUE, millis(*after), true),
                 AttemptDecision::DeadLetter { .. } => ("'dead'", 0.0, true),
-                AttemptDecision::EndpointGone => ("'pending'", 0.0, true),
+                AttemptDecision::EndpointGone => (STILL_DUE, 0.0, true),
             };
             let sql = format!(
                 "UPDATE webhook_messages SET state = {state_sql}, attempts = attempts + 1, \
@@ -602,7 +607,7 @@ impl WebhookStore for PostgresStore {
             return Ok(false);
         };
         let endpoint: Uuid = row.get(0);
-        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1])", &[&endpoint])
+        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1::uuid])", &[&endpoint])
             .await
             .map_err(map_db)?;
         let n = tx
@@ -626,7 +631,7 @@ impl WebhookStore for PostgresStore {
     ) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_db)?;
-        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1])", &[&endpoint])
+        tx.execute("SELECT buktor_webhook_lock(ARRAY[$1::uuid])", &[&endpoint])
             .await
             .map_err(map_db)?;
         let (p, t) = match from {
@@ -653,6 +658,18 @@ impl WebhookStore for PostgresStore {
         let mut keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         keys.sort();
         keys.dedup();
+        // A due message behind a requeued one of its key waits for it again.
+        tx.execute(
+            "UPDATE webhook_messages m SET state = 'queued' \
+             WHERE m.endpoint_id = $1 AND m.ordering_key = ANY ($2) AND m.state = 'pending' \
+               AND EXISTS (SELECT 1 FROM webhook_messages h \
+                           WHERE h.endpoint_id = m.endpoint_id \
+                             AND h.ordering_key = m.ordering_key AND h.state <> 'delivered' \
+                             AND (h.position_tx, h.position_seq) < (m.position_tx, m.position_seq))",
+            &[&endpoint, &keys],
+        )
+        .await
+        .map_err(map_db)?;
         tx.execute("SELECT buktor_webhook_promote($1, $2)", &[&endpoint, &keys])
             .await
             .map_err(map_db)?;

@@ -531,7 +531,12 @@ impl WebhookStore for SqliteStore {
                     .or_else(|| r.status_code.filter(|_| failed).map(|c| format!("HTTP {c}")));
                 let updated = tx
                     .prepare_cached(
-                        "UPDATE webhook_messages SET state = ?3, attempts = attempts + 1, \
+                        // A failed attempt of a message that a replay queued
+                        // behind its key while in flight leaves it queued.
+                        "UPDATE webhook_messages \
+                         SET state = CASE WHEN ?3 = 'pending' AND state = 'queued' \
+                                          THEN 'queued' ELSE ?3 END, \
+                         attempts = attempts + 1, \
                          failures = failures + ?4, lease_owner = NULL, lease_until = NULL, \
                          next_attempt_at = ?5, \
                          delivered_at = CASE WHEN ?3 = 'delivered' THEN ?6 ELSE delivered_at END, \
@@ -835,7 +840,27 @@ impl WebhookStore for SqliteStore {
                 rows.collect::<Result<_, _>>().map_err(map_db)?
             };
             let requeued = keys.len() as u64;
-            for key in keys.iter().collect::<BTreeSet<_>>() {
+            let keys: BTreeSet<String> = keys.into_iter().collect();
+            {
+                // A due message behind a requeued one of its key waits for it again.
+                let mut demote = tx
+                    .prepare_cached(
+                        "UPDATE webhook_messages AS m SET state = 'queued' \
+                         WHERE m.endpoint_id = ?1 AND m.ordering_key = ?2 \
+                           AND m.state = 'pending' \
+                           AND EXISTS (SELECT 1 FROM webhook_messages h \
+                                       WHERE h.endpoint_id = m.endpoint_id \
+                                         AND h.ordering_key = m.ordering_key \
+                                         AND h.state <> 'delivered' \
+                                         AND (h.position_tx, h.position_seq) \
+                                             < (m.position_tx, m.position_seq))",
+                    )
+                    .map_err(map_db)?;
+                for key in &keys {
+                    demote.execute(params![endpoint, key]).map_err(map_db)?;
+                }
+            }
+            for key in &keys {
                 promote(&tx, &endpoint, key, &now)?;
             }
             tx.commit().map_err(map_db)?;

@@ -1,5 +1,6 @@
 mod store_conformance;
 mod store_group_commit;
+mod webhook_store;
 mod support;
 
 mod api_bad_input;

@@ -410,6 +410,25 @@ type = "text"
     }
 
     #[test]
+    fn the_documented_example_files_are_valid() {
+        figment::Jail::expect_with(|jail| {
+            let secret = SigningSecret::generate().expose();
+            jail.set_env("BUKTOR_MIDDLEWARE_SECRETS", format!("[\"{secret}\"]"));
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+            let config =
+                MiddlewareConfig::load(Some(&docs.join("middleware.example.toml"))).unwrap();
+            let settings = config.settings(&docs).unwrap();
+            let db = settings.his_db.unwrap();
+            assert_eq!(
+                db.mapping.table.to_string(),
+                "scheduling.buktor_appointments"
+            );
+            assert_eq!(settings.windows.len(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn invalid_values_fail_naming_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("mapping.toml", MAPPING)?;

@@ -19,7 +19,8 @@ use crate::store::{Position, Store, StoreError};
 const BATCH: usize = 500;
 const IDLE_MIN: Duration = Duration::from_millis(25);
 const LEASE_RETRY: Duration = Duration::from_secs(1);
-/// How long the endpoint list is trusted before it is read again.
+/// How long the list of tenants with endpoints is trusted before it is read
+/// again (each step reads its tenant's endpoints afresh).
 const ENDPOINTS_TTL: Duration = Duration::from_secs(1);
 
 /// Whether `endpoint` subscribes to a built payload.
@@ -136,8 +137,8 @@ impl Fanout {
                 }
             }
             let mut busy = false;
-            for (tenant, list) in &endpoints {
-                match self.step(*tenant, list, &mut tenants).await {
+            for tenant in endpoints.keys() {
+                match self.step(*tenant, &mut tenants).await {
                     Ok(moved) => busy |= moved,
                     Err(e) => {
                         // Start this tenant over from its stored checkpoint.
@@ -164,7 +165,6 @@ impl Fanout {
     async fn step(
         &self,
         tenant: TenantId,
-        endpoints: &[EndpointRecord],
         tenants: &mut HashMap<TenantId, TenantState>,
     ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         let state = match tenants.entry(tenant) {
@@ -191,12 +191,16 @@ impl Fanout {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(false);
         };
+        // The endpoints as they are now, read after the events: a cached list
+        // would miss an endpoint made (or changed) just before an event was
+        // recorded, and the checkpoint moves past that event for good.
+        let endpoints = self.store.webhooks().endpoints(Some(tenant)).await?;
         let mut messages = Vec::new();
         for event in &events {
             let Some(built) = state.builder.build(&*self.store, event).await? else {
                 continue;
             };
-            for endpoint in endpoints {
+            for endpoint in &endpoints {
                 if subscribes(endpoint, &built, event.recorded_at) {
                     messages.push(NewMessage {
                         id: message_id(endpoint.id, event.event_id),

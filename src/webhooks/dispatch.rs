@@ -260,10 +260,10 @@ impl Dispatcher {
             skip_endpoints: skip,
         };
         let claimed = self.store.webhooks().claim(&request).await?;
-        if claimed
-            .iter()
-            .any(|m| !self.endpoints.contains_key(&m.endpoint_id))
-        {
+        // Sign and send with the endpoints as they are now, read after the
+        // claim: a cached record would still sign with a secret that was
+        // just rotated away, or post to a URL that was just changed.
+        if !claimed.is_empty() {
             self.refresh_endpoints(true).await;
         }
         Ok(claimed)

@@ -93,6 +93,7 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<Utc>) -> Option<Dura
     (at.with_timezone(&Utc) - now).to_std().ok()
 }
 
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -266,7 +267,49 @@ impl Dispatcher {
         if !claimed.is_empty() {
             self.refresh_endpoints(true).await;
         }
+        let (claimed, late) = self.sendable_within_lease(claimed);
+        if !late.is_empty() {
+            let ids: Vec<String> = late.into_iter().map(|m| m.id).collect();
+            if let Err(e) = self.store.webhooks().release(&self.owner, &ids).await {
+                // Their leases run out instead; then they are claimed again.
+                tracing::warn!(error = %e, messages = ids.len(), "cannot hand back webhook messages");
+            }
+        }
         Ok(claimed)
+    }
+
+    /// Splits off the messages a rate limit would hold back so long that
+    /// their lease could end before the attempt is recorded: another instance
+    /// would then send them too. They are handed back, not sent. (An attempt
+    /// gets half the lease, as the configuration's rule says; the wait may
+    /// use the rest.)
+    fn sendable_within_lease(
+        &self,
+        claimed: Vec<MessageRecord>,
+    ) -> (Vec<MessageRecord>, Vec<MessageRecord>) {
+        let budget = Duration::from_millis(
+            self.config
+                .lease_ms
+                .saturating_sub(2 * self.config.attempt_timeout_ms),
+        );
+        // What `spawn_send` will take from the buckets, taken from copies.
+        let mut buckets: HashMap<Uuid, Bucket> = HashMap::new();
+        claimed.into_iter().partition(|m| {
+            let Some(rate) = self
+                .endpoints
+                .get(&m.endpoint_id)
+                .and_then(|e| e.spec.rate_limit_per_second)
+            else {
+                return true;
+            };
+            let bucket = buckets.entry(m.endpoint_id).or_insert_with(|| {
+                self.buckets.get(&m.endpoint_id).copied().unwrap_or(Bucket {
+                    tokens: f64::from(rate),
+                    at: Instant::now(),
+                })
+            });
+            bucket.take(rate) <= budget
+        })
     }
 
     fn spawn_send(&mut self, tasks: &mut JoinSet<Sent>, message: MessageRecord) {

@@ -10,6 +10,7 @@ mod api_events;
 mod api_feed;
 mod api_restart;
 mod api_security;
+mod api_webhooks;
 mod audit_chain;
 mod middleware;
 mod middleware_hl7;

@@ -97,10 +97,7 @@ impl Receiver {
 }
 
 async fn health(state: web::Data<ReceiverState>) -> HttpResponse {
-    let ping = state
-        .store
-        .run(|s| s.status().map(|status| status.messages))
-        .await;
+    let ping = state.store.run(|s| s.ping()).await;
     match ping {
         Ok(_) => HttpResponse::Ok().json(json!({"status": "ok"})),
         Err(e) => {

@@ -65,6 +65,23 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 "#;
 
+/// Pending deliveries of `?1` due by `?2` in arrival order, at most `?3`,
+/// leaving out any with an earlier (by version, then arrival) message of
+/// the same appointment still pending or failed.
+const DUE_SQL: &str = "SELECT m.seq, d.attempts, m.webhook_id, m.appointment_id, m.event_type,
+            m.appointment_version, m.payload, m.received_at
+     FROM deliveries d JOIN messages m ON m.seq = d.seq
+     WHERE d.output = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2
+       AND NOT EXISTS (
+         SELECT 1 FROM messages m2 CROSS JOIN deliveries d2 ON d2.seq = m2.seq AND d2.output = ?1
+         WHERE m.appointment_id IS NOT NULL
+           AND m2.appointment_id = m.appointment_id
+           AND d2.state IN ('pending', 'failed')
+           AND (m2.appointment_version < m.appointment_version
+                OR (m2.appointment_version = m.appointment_version AND m2.seq < m.seq)))
+     ORDER BY d.seq
+     LIMIT ?3";
+
 /// Later than any real time: makes every pending delivery due.
 const END_OF_TIME: &str = "9999-12-31T23:59:59.999Z";
 
@@ -192,6 +209,11 @@ impl LocalStore {
         })
     }
 
+    /// Whether the store answers (for `GET /health`): one trivial read.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT count(*) FROM outputs", [], |_| Ok(())))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -253,6 +275,11 @@ impl LocalStore {
     /// (every pending one if `now` is `None`), in arrival order, at most one
     /// per appointment: the appointment's earliest (by version) that is not
     /// yet synced, and only if no earlier one is `failed`.
+    ///
+    /// The `CROSS JOIN` keeps SQLite's planner from reading the check
+    /// through every pending delivery (by state) instead of the
+    /// appointment's few messages (by appointment): with 20,000 pending
+    /// that was 1.1 s per batch instead of 3 ms.
     pub fn due(
         &self,
         output: Output,
@@ -261,21 +288,7 @@ impl LocalStore {
     ) -> Result<Vec<Due>, StoreError> {
         let now = now.map(timestamp).unwrap_or_else(|| END_OF_TIME.into());
         let rows = self.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT m.seq, d.attempts, m.webhook_id, m.appointment_id, m.event_type,
-                        m.appointment_version, m.payload, m.received_at
-                 FROM deliveries d JOIN messages m ON m.seq = d.seq
-                 WHERE d.output = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2
-                   AND NOT EXISTS (
-                     SELECT 1 FROM messages m2 JOIN deliveries d2 ON d2.seq = m2.seq AND d2.output = ?1
-                     WHERE m.appointment_id IS NOT NULL
-                       AND m2.appointment_id = m.appointment_id
-                       AND d2.state IN ('pending', 'failed')
-                       AND (m2.appointment_version < m.appointment_version
-                            OR (m2.appointment_version = m.appointment_version AND m2.seq < m.seq)))
-                 ORDER BY d.seq
-                 LIMIT ?3",
-            )?;
+            let mut stmt = conn.prepare_cached(DUE_SQL)?;
             let rows = stmt
                 .query_map(params![output.as_str(), now, limit as i64], |r| {
                     Ok((
@@ -798,6 +811,28 @@ mod tests {
         let o = &status.outputs[0];
         assert_eq!((o.pending, o.synced, o.failed, o.skipped), (2, 1, 0, 1));
         assert_eq!(o.last_error.as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn due_looks_up_an_appointments_own_messages_not_every_pending_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_in(dir.path()).unwrap();
+        let plan: Vec<String> = store
+            .with(|conn| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {DUE_SQL}"))?;
+                let rows = stmt
+                    .query_map(params!["his_db", END_OF_TIME, 10], |r| {
+                        r.get::<_, String>(3)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>();
+                rows
+            })
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("m2 USING COVERING INDEX messages_appointment")),
+            "{plan:#?}"
+        );
     }
 
     #[test]

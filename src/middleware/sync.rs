@@ -33,10 +33,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::config::{HisDbSettings, Settings};
+use super::his_db::{self, HisDatabase, RowResult, Unavailable};
 use super::mllp::{self, Disposition, Hl7Config, Hl7Error};
 use super::schedule::{in_windows, TimeWindow, Zone};
 use super::store::{LocalStore, Outcome, StoreError, SyncLock};
-use super::his_db::{self, HisDatabase, RowResult, Unavailable};
 use super::Output;
 
 /// The HIS database output: its settings and its connection.

@@ -165,11 +165,15 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(Serialized::default("database_url", url));
         }
-        // BUKTOR_CONFIG names the file (read by the CLI); BUKTOR_TEST_* belong to the test suite.
+        // BUKTOR_CONFIG names the file (read by the CLI); BUKTOR_TEST_* belong
+        // to the test suite and BUKTOR_MIDDLEWARE_* to buktor-middleware.
         figment = figment.merge(
             Env::prefixed("BUKTOR_")
                 .ignore(&["config"])
-                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    !key.starts_with("test_") && !key.starts_with("middleware_")
+                })
                 .split("__"),
         );
         let config: Config = figment.extract().map_err(Box::new)?;
@@ -303,6 +307,7 @@ mod tests {
             jail.set_env("BUKTOR_RATE_LIMIT__REQUESTS", "99");
             jail.set_env("BUKTOR_CONFIG", "b.toml");
             jail.set_env("BUKTOR_TEST_SOMETHING", "not a configuration key");
+            jail.set_env("BUKTOR_MIDDLEWARE_LISTEN", "the middleware's, not the server's");
             let c = Config::load(Some(std::path::Path::new("b.toml"))).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.pool_size, 7);

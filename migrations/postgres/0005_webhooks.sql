@@ -107,3 +107,118 @@ LANGUAGE sql AS $$
              ORDER BY ordering_key, position_tx, position_seq) head
      WHERE m.id = head.id AND head.state = 'queued';
 $$;
+
+-- Stores a fan-out batch and moves the tenant's checkpoint from `expected`
+-- to `to`, in one call. Returns the number of messages stored, or -1 (and
+-- stores nothing) when the checkpoint was no longer at `expected`.
+CREATE FUNCTION buktor_webhook_enqueue(
+    tenant uuid, expected_tx bigint, expected_seq bigint, to_tx bigint, to_seq bigint,
+    ids text[], endpoints uuid[], events uuid[], txs bigint[], seqs bigint[],
+    keys text[], types text[], payloads text[]
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    stored integer;
+    e uuid;
+BEGIN
+    -- Losing this commit in a crash is safe: the checkpoint is lost with the
+    -- messages, and the fan-out writes them again with the same ids. Not
+    -- waiting for the flush takes a WAL flush off every batch.
+    SET LOCAL synchronous_commit = off;
+    INSERT INTO webhook_fanout_checkpoints (tenant_id, position_tx, position_seq)
+    VALUES (tenant, 0, 0) ON CONFLICT (tenant_id) DO NOTHING;
+    UPDATE webhook_fanout_checkpoints
+       SET position_tx = to_tx, position_seq = to_seq, updated_at = now()
+     WHERE tenant_id = tenant AND position_tx = expected_tx AND position_seq = expected_seq;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    IF coalesce(array_length(ids, 1), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM buktor_webhook_lock(endpoints);
+    INSERT INTO webhook_messages (id, tenant_id, endpoint_id, event_id, position_tx,
+                                  position_seq, ordering_key, event_type, payload, state)
+    SELECT u.id, tenant, u.endpoint, u.event, u.tx, u.seq, u.key, u.type, u.payload, 'queued'
+      FROM unnest(ids, endpoints, events, txs, seqs, keys, types, payloads)
+           AS u(id, endpoint, event, tx, seq, key, type, payload)
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS stored = ROW_COUNT;
+    FOR e IN SELECT DISTINCT x FROM unnest(endpoints) x LOOP
+        PERFORM buktor_webhook_promote(e, ARRAY(
+            SELECT DISTINCT k FROM unnest(endpoints, keys) AS u(ep, k) WHERE ep = e));
+    END LOOP;
+    RETURN stored;
+END $$;
+
+-- Records a batch of attempts and applies their outcomes (delivered, retry,
+-- dead-letter, endpoint-gone), in one call. A message whose lease `owner`
+-- no longer holds only gets its attempt recorded. Returns the ids of the
+-- messages it dead-lettered.
+CREATE FUNCTION buktor_webhook_complete(
+    owner text, ids text[], outcomes text[], retry_ms float8[], last_errors text[],
+    endpoints uuid[], started timestamptz[], latencies integer[], codes integer[],
+    errors text[], excerpts text[], disable boolean[]
+) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    m record;
+    applied boolean;
+BEGIN
+    -- Losing this commit in a crash only sends the messages again, with the
+    -- same ids (at least once); waiting for the flush would cost one per batch.
+    SET LOCAL synchronous_commit = off;
+    PERFORM buktor_webhook_lock(endpoints);
+    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        UPDATE webhook_messages SET
+            state = CASE outcomes[i]
+                        WHEN 'delivered' THEN 'delivered'
+                        WHEN 'dead-letter' THEN 'dead'
+                        -- A replay may have queued it behind its key meanwhile.
+                        ELSE CASE state WHEN 'queued' THEN 'queued' ELSE 'pending' END
+                    END,
+            attempts = attempts + 1,
+            failures = failures + (outcomes[i] <> 'delivered')::integer,
+            lease_owner = NULL,
+            lease_until = NULL,
+            next_attempt_at = now() + retry_ms[i] * interval '1 millisecond',
+            delivered_at = CASE WHEN outcomes[i] = 'delivered' THEN now() ELSE delivered_at END,
+            last_error = last_errors[i]
+        WHERE id = ids[i] AND lease_owner = owner
+        RETURNING tenant_id, endpoint_id, event_id, attempts, ordering_key INTO m;
+        applied := FOUND;
+        IF NOT applied THEN
+            -- Our lease ran out and someone else has the message: keep the
+            -- record of what we saw, change nothing else.
+            SELECT tenant_id, endpoint_id, event_id, attempts + 1 AS attempts, ordering_key
+              INTO m FROM webhook_messages WHERE id = ids[i];
+            IF NOT FOUND THEN
+                CONTINUE;
+            END IF;
+            RAISE WARNING 'webhook message % finished after its lease ended', ids[i];
+        END IF;
+        INSERT INTO webhook_attempts (tenant_id, message_id, endpoint_id, event_id, attempt,
+                                      started_at, latency_ms, status_code, error,
+                                      response_excerpt, outcome)
+        VALUES (m.tenant_id, ids[i], m.endpoint_id, m.event_id, m.attempts, started[i],
+                latencies[i], codes[i], errors[i], excerpts[i], outcomes[i]);
+        CONTINUE WHEN NOT applied;
+        IF outcomes[i] = 'delivered' THEN
+            PERFORM buktor_webhook_promote(m.endpoint_id, ARRAY[m.ordering_key]);
+        ELSIF outcomes[i] = 'dead-letter' THEN
+            RETURN NEXT ids[i];
+            IF disable[i] THEN
+                UPDATE webhook_endpoints
+                   SET enabled = false, disabled_reason = 'a message was dead-lettered',
+                       updated_at = now()
+                 WHERE id = m.endpoint_id AND enabled;
+            END IF;
+        ELSIF outcomes[i] = 'endpoint-gone' THEN
+            UPDATE webhook_endpoints
+               SET enabled = false, disabled_reason = 'the endpoint answered 410 Gone',
+                   updated_at = now()
+             WHERE id = m.endpoint_id AND enabled;
+        END IF;
+    END LOOP;
+END $$;

@@ -169,6 +169,26 @@ pub struct AttemptResult {
     pub decision: AttemptDecision,
 }
 
+impl AttemptResult {
+    /// What the message keeps as its last error: the failure, or the status
+    /// of an answer that was not a success.
+    pub fn last_error(&self) -> Option<String> {
+        if self.decision == AttemptDecision::Delivered {
+            return None;
+        }
+        self.error
+            .clone()
+            .or_else(|| self.status_code.map(|c| format!("HTTP {c}")))
+    }
+}
+
+/// A leased message and its endpoint as it is at the claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub message: MessageRecord,
+    pub endpoint: std::sync::Arc<EndpointRecord>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
     /// Increasing in the order attempts were recorded; a cursor for paging.
@@ -273,9 +293,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> StoreResult<usize>;
 
     /// Leases due `pending` messages of enabled endpoints to `request.owner`,
-    /// oldest due first. A message leased to someone else is not returned
-    /// until that lease has run out.
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<MessageRecord>>;
+    /// oldest due first, each with its endpoint as it is now. A message
+    /// leased to someone else is not returned until that lease has run out.
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>>;
     /// Records attempts and applies their decisions, releasing the leases.
     /// A decision whose lease `owner` no longer holds only records the attempt.
     /// Returns the messages the decisions dead-lettered.

@@ -21,7 +21,7 @@ use super::payload::{ALERT_STREAM_TYPE, DEAD_LETTERED_EVENT};
 use super::signature;
 use crate::config::Webhooks as WebhooksConfig;
 use crate::store::webhooks::{
-    AttemptDecision, AttemptResult, ClaimRequest, EndpointRecord, MessageRecord,
+    AttemptDecision, AttemptResult, ClaimRequest, Claimed, EndpointRecord, MessageRecord,
 };
 use crate::store::{AppendRequest, NewEvent, Store, StoreError, StreamAppend};
 
@@ -29,7 +29,6 @@ use crate::store::{AppendRequest, NewEvent, Store, StoreError, StreamAppend};
 const EXCERPT_BYTES: usize = 1024;
 /// The longest `Retry-After` honoured; beyond it the schedule's pause applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
-const ENDPOINTS_TTL: Duration = Duration::from_secs(2);
 const IDLE_MIN: Duration = Duration::from_millis(10);
 
 /// What an endpoint did with one attempt.
@@ -125,8 +124,6 @@ pub struct Dispatcher {
     client: reqwest::Client,
     owner: String,
     stored: Arc<Notify>,
-    endpoints: HashMap<Uuid, Arc<EndpointRecord>>,
-    endpoints_read: Option<Instant>,
     in_flight: HashMap<Uuid, usize>,
     buckets: HashMap<Uuid, Bucket>,
     /// Claimed messages in flight, for the alert when one is dead-lettered.
@@ -159,8 +156,6 @@ impl Dispatcher {
             client,
             owner,
             stored,
-            endpoints: HashMap::new(),
-            endpoints_read: None,
             in_flight: HashMap::new(),
             buckets: HashMap::new(),
             claimed: HashMap::new(),
@@ -173,23 +168,6 @@ impl Dispatcher {
             .iter()
             .map(|ms| Duration::from_millis(*ms))
             .collect()
-    }
-
-    async fn refresh_endpoints(&mut self, force: bool) {
-        if !force
-            && self
-                .endpoints_read
-                .is_some_and(|at| at.elapsed() < ENDPOINTS_TTL)
-        {
-            return;
-        }
-        match self.store.webhooks().endpoints(None).await {
-            Ok(all) => {
-                self.endpoints = all.into_iter().map(|e| (e.id, Arc::new(e))).collect();
-                self.endpoints_read = Some(Instant::now());
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read webhook endpoints"),
-        }
     }
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -213,8 +191,8 @@ impl Dispatcher {
                         if !claimed.is_empty() {
                             idle = IDLE_MIN;
                         }
-                        for message in claimed {
-                            self.spawn_send(&mut tasks, message);
+                        for c in claimed {
+                            self.spawn_send(&mut tasks, c);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot claim webhook messages"),
@@ -238,8 +216,7 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&mut self, room: usize) -> Result<Vec<MessageRecord>, StoreError> {
-        self.refresh_endpoints(false).await;
+    async fn claim(&mut self, room: usize) -> Result<Vec<Claimed>, StoreError> {
         let cap = self.config.max_in_flight_per_endpoint;
         let mut skip: Vec<Uuid> = self
             .in_flight
@@ -260,16 +237,12 @@ impl Dispatcher {
             limit: room,
             skip_endpoints: skip,
         };
+        // Each comes with its endpoint as it is now: a message claimed just
+        // after a rotation is signed with the new secret, sent to a new URL.
         let claimed = self.store.webhooks().claim(&request).await?;
-        // Sign and send with the endpoints as they are now, read after the
-        // claim: a cached record would still sign with a secret that was
-        // just rotated away, or post to a URL that was just changed.
-        if !claimed.is_empty() {
-            self.refresh_endpoints(true).await;
-        }
         let (claimed, late) = self.sendable_within_lease(claimed);
         if !late.is_empty() {
-            let ids: Vec<String> = late.into_iter().map(|m| m.id).collect();
+            let ids: Vec<String> = late.into_iter().map(|c| c.message.id).collect();
             if let Err(e) = self.store.webhooks().release(&self.owner, &ids).await {
                 // Their leases run out instead; then they are claimed again.
                 tracing::warn!(error = %e, messages = ids.len(), "cannot hand back webhook messages");
@@ -283,10 +256,7 @@ impl Dispatcher {
     /// would then send them too. They are handed back, not sent. (An attempt
     /// gets half the lease, as the configuration's rule says; the wait may
     /// use the rest.)
-    fn sendable_within_lease(
-        &self,
-        claimed: Vec<MessageRecord>,
-    ) -> (Vec<MessageRecord>, Vec<MessageRecord>) {
+    fn sendable_within_lease(&self, claimed: Vec<Claimed>) -> (Vec<Claimed>, Vec<Claimed>) {
         let budget = Duration::from_millis(
             self.config
                 .lease_ms
@@ -294,16 +264,13 @@ impl Dispatcher {
         );
         // What `spawn_send` will take from the buckets, taken from copies.
         let mut buckets: HashMap<Uuid, Bucket> = HashMap::new();
-        claimed.into_iter().partition(|m| {
-            let Some(rate) = self
-                .endpoints
-                .get(&m.endpoint_id)
-                .and_then(|e| e.spec.rate_limit_per_second)
-            else {
+        claimed.into_iter().partition(|c| {
+            let Some(rate) = c.endpoint.spec.rate_limit_per_second else {
                 return true;
             };
-            let bucket = buckets.entry(m.endpoint_id).or_insert_with(|| {
-                self.buckets.get(&m.endpoint_id).copied().unwrap_or(Bucket {
+            let id = c.endpoint.id;
+            let bucket = buckets.entry(id).or_insert_with(|| {
+                self.buckets.get(&id).copied().unwrap_or(Bucket {
                     tokens: f64::from(rate),
                     at: Instant::now(),
                 })
@@ -312,12 +279,8 @@ impl Dispatcher {
         })
     }
 
-    fn spawn_send(&mut self, tasks: &mut JoinSet<Sent>, message: MessageRecord) {
-        let Some(endpoint) = self.endpoints.get(&message.endpoint_id).cloned() else {
-            // Made and deleted between two reads: hand it back.
-            tracing::warn!(message = %message.id, "claimed a message of an unknown endpoint");
-            return;
-        };
+    fn spawn_send(&mut self, tasks: &mut JoinSet<Sent>, claimed: Claimed) {
+        let Claimed { message, endpoint } = claimed;
         let wait = match endpoint.spec.rate_limit_per_second {
             Some(rate) => self
                 .buckets

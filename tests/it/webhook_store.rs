@@ -200,8 +200,17 @@ fn set<const N: usize>(ids: [&String; N]) -> BTreeSet<String> {
     ids.into_iter().cloned().collect()
 }
 
+/// Claims, checking that each message comes with its own endpoint.
 async fn claim(w: &dyn WebhookStore, request: &ClaimRequest) -> Vec<MessageRecord> {
-    w.claim(request).await.expect("claim")
+    let claimed = w.claim(request).await.expect("claim");
+    for c in &claimed {
+        assert_eq!(
+            c.endpoint.id, c.message.endpoint_id,
+            "claimed with another endpoint"
+        );
+        assert_eq!(c.endpoint.tenant, c.message.tenant);
+    }
+    claimed.into_iter().map(|c| c.message).collect()
 }
 
 /// Claims with `request` until something comes, or panics after [`DEADLINE`].
@@ -1686,7 +1695,7 @@ async fn concurrent_claimers_never_lease_one_message_twice<S: Store + Clone>(sto
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     } else {
                         idle_rounds = 0;
-                        got.extend(claimed.into_iter().map(|m| m.id));
+                        got.extend(claimed.into_iter().map(|c| c.message.id));
                     }
                 }
                 got

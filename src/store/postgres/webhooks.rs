@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::{map_db, PostgresStore};
 use crate::store::webhooks::{
     outcome_name, AttemptDecision, AttemptFilter, AttemptRecord, AttemptResult, ClaimRequest,
-    EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord, MessageState,
-    NewMessage, ReplayFrom, WebhookStore,
+    Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
+    MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
@@ -101,10 +101,6 @@ fn decode_attempt(row: &Row) -> AttemptRecord {
         outcome: row.get("outcome"),
     }
 }
-
-/// The state after a failed attempt that leaves a message owed: pending, or
-/// queued if a replay queued it behind its key while the attempt ran.
-const STILL_DUE: &str = "CASE state WHEN 'queued' THEN 'queued' ELSE 'pending' END";
 
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -236,61 +232,30 @@ impl WebhookStore for PostgresStore {
         to: Position,
         messages: Vec<NewMessage>,
     ) -> StoreResult<usize> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(map_db)?;
-        tx.execute(
-            "INSERT INTO webhook_fanout_checkpoints (tenant_id, position_tx, position_seq) \
-             VALUES ($1, 0, 0) ON CONFLICT (tenant_id) DO NOTHING",
-            &[&tenant.as_uuid()],
-        )
-        .await
-        .map_err(map_db)?;
-        let moved = tx
-            .execute(
-                "UPDATE webhook_fanout_checkpoints \
-                 SET position_tx = $4, position_seq = $5, updated_at = now() \
-                 WHERE tenant_id = $1 AND position_tx = $2 AND position_seq = $3",
-                &[
-                    &tenant.as_uuid(),
-                    &expected.tx,
-                    &expected.seq,
-                    &to.tx,
-                    &to.seq,
-                ],
-            )
-            .await
-            .map_err(map_db)?;
-        if moved != 1 {
-            return Err(StoreError::CheckpointMoved {
-                projection: "webhook-fanout".into(),
-            });
-        }
-        if messages.is_empty() {
-            tx.commit().await.map_err(map_db)?;
-            return Ok(0);
-        }
-        let endpoints: Vec<Uuid> = messages.iter().map(|m| m.endpoint_id).collect();
-        tx.execute("SELECT buktor_webhook_lock($1)", &[&endpoints])
-            .await
-            .map_err(map_db)?;
+        let client = self.client().await?;
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let endpoints: Vec<Uuid> = messages.iter().map(|m| m.endpoint_id).collect();
         let events: Vec<Uuid> = messages.iter().map(|m| m.event_id).collect();
         let txs: Vec<i64> = messages.iter().map(|m| m.position.tx).collect();
         let seqs: Vec<i64> = messages.iter().map(|m| m.position.seq).collect();
         let keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
         let types: Vec<&str> = messages.iter().map(|m| m.event_type.as_str()).collect();
         let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
-        let inserted = tx
-            .execute(
-                "INSERT INTO webhook_messages (id, tenant_id, endpoint_id, event_id, position_tx, \
-                 position_seq, ordering_key, event_type, payload, state) \
-                 SELECT u.id, $1, u.endpoint, u.event, u.tx, u.seq, u.key, u.type, u.payload, 'queued' \
-                 FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::bigint[], $6::bigint[], \
-                             $7::text[], $8::text[], $9::text[]) \
-                      AS u(id, endpoint, event, tx, seq, key, type, payload) \
-                 ON CONFLICT DO NOTHING",
+        let statement = client
+            .prepare_cached(
+                "SELECT buktor_webhook_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .await
+            .map_err(map_db)?;
+        let stored: i32 = client
+            .query_one(
+                &statement,
                 &[
                     &tenant.as_uuid(),
+                    &expected.tx,
+                    &expected.seq,
+                    &to.tx,
+                    &to.seq,
                     &ids,
                     &endpoints,
                     &events,
@@ -302,19 +267,17 @@ impl WebhookStore for PostgresStore {
                 ],
             )
             .await
-            .map_err(map_db)?;
-        tx.execute(
-            "SELECT buktor_webhook_promote(e, array_agg(k)) \
-             FROM unnest($1::uuid[], $2::text[]) AS u(e, k) GROUP BY e",
-            &[&endpoints, &keys],
-        )
-        .await
-        .map_err(map_db)?;
-        tx.commit().await.map_err(map_db)?;
-        Ok(inserted as usize)
+            .map_err(map_db)?
+            .get(0);
+        if stored < 0 {
+            return Err(StoreError::CheckpointMoved {
+                projection: "webhook-fanout".into(),
+            });
+        }
+        Ok(stored as usize)
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<MessageRecord>> {
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         let client = self.client().await?;
         let sql = format!(
             "WITH picked AS ( \
@@ -352,121 +315,106 @@ impl WebhookStore for PostgresStore {
             )
             .await
             .map_err(map_db)?;
-        let mut claimed: Vec<MessageRecord> = rows
+        let mut messages: Vec<MessageRecord> = rows
             .iter()
             .map(decode_message)
             .collect::<StoreResult<_>>()?;
-        claimed.sort_by_key(|m| m.next_attempt_at);
-        Ok(claimed)
+        if messages.is_empty() {
+            return Ok(vec![]);
+        }
+        messages.sort_by_key(|m| m.next_attempt_at);
+        // The endpoints as they are now: a message claimed just after a
+        // rotation is signed with the new secret, sent to a changed URL.
+        let mut ids: Vec<Uuid> = messages.iter().map(|m| m.endpoint_id).collect();
+        ids.sort();
+        ids.dedup();
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ANY ($1)");
+        let statement = client.prepare_cached(&sql).await.map_err(map_db)?;
+        let endpoints: std::collections::HashMap<Uuid, std::sync::Arc<EndpointRecord>> = client
+            .query(&statement, &[&ids])
+            .await
+            .map_err(map_db)?
+            .iter()
+            .map(|r| decode_endpoint(r).map(|e| (e.id, std::sync::Arc::new(e))))
+            .collect::<StoreResult<_>>()?;
+        messages
+            .into_iter()
+            .map(|message| {
+                let endpoint = endpoints
+                    .get(&message.endpoint_id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("message {} has no endpoint", message.id))
+                    })?;
+                Ok(Claimed { message, endpoint })
+            })
+            .collect()
     }
 
     async fn complete(&self, owner: &str, results: &[AttemptResult]) -> StoreResult<Vec<String>> {
         if results.is_empty() {
             return Ok(vec![]);
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(map_db)?;
-        let endpoints: Vec<Uuid> = results.iter().map(|r| r.endpoint_id).collect();
-        tx.execute("SELECT buktor_webhook_lock($1)", &[&endpoints])
+        let client = self.client().await?;
+        let mut ids = Vec::with_capacity(results.len());
+        let mut outcomes = Vec::with_capacity(results.len());
+        let mut retry_ms = Vec::with_capacity(results.len());
+        let mut last_errors = Vec::with_capacity(results.len());
+        let mut endpoints = Vec::with_capacity(results.len());
+        let mut started = Vec::with_capacity(results.len());
+        let mut latencies = Vec::with_capacity(results.len());
+        let mut codes = Vec::with_capacity(results.len());
+        let mut errors = Vec::with_capacity(results.len());
+        let mut excerpts = Vec::with_capacity(results.len());
+        let mut disable = Vec::with_capacity(results.len());
+        for r in results {
+            ids.push(r.message_id.as_str());
+            outcomes.push(outcome_name(&r.decision));
+            retry_ms.push(match &r.decision {
+                AttemptDecision::Retry { after } => millis(*after),
+                _ => 0.0,
+            });
+            last_errors.push(r.last_error());
+            endpoints.push(r.endpoint_id);
+            started.push(r.started_at);
+            latencies.push(r.latency_ms.min(i32::MAX as u32) as i32);
+            codes.push(r.status_code.map(i32::from));
+            errors.push(r.error.as_deref());
+            excerpts.push(r.response_excerpt.as_deref());
+            disable.push(matches!(
+                r.decision,
+                AttemptDecision::DeadLetter {
+                    disable_endpoint: true
+                }
+            ));
+        }
+        let statement = client
+            .prepare_cached(
+                "SELECT buktor_webhook_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
             .await
             .map_err(map_db)?;
-        let mut dead = Vec::new();
-        for r in results {
-            let (state_sql, retry_ms, failed) = match &r.decision {
-                AttemptDecision::Delivered => ("'delivered'", 0.0, false),
-                // A message a replay queued behind its key while in flight stays queued.
-                AttemptDecision::Retry { after } => (STILL_DUE, millis(*after), true),
-                AttemptDecision::DeadLetter { .. } => ("'dead'", 0.0, true),
-                AttemptDecision::EndpointGone => (STILL_DUE, 0.0, true),
-            };
-            let sql = format!(
-                "UPDATE webhook_messages SET state = {state_sql}, attempts = attempts + 1, \
-                 failures = failures + $3::int, lease_owner = NULL, lease_until = NULL, \
-                 next_attempt_at = now() + $4 * interval '1 millisecond', \
-                 delivered_at = CASE WHEN {state_sql} = 'delivered' THEN now() ELSE delivered_at END, \
-                 last_error = $5 \
-                 WHERE id = $1 AND lease_owner = $2 \
-                 RETURNING attempts, ordering_key, event_id"
-            );
-            let last_error = r.error.clone().or_else(|| {
-                r.status_code
-                    .filter(|_| failed)
-                    .map(|c| format!("HTTP {c}"))
-            });
-            let updated = tx
-                .query_opt(
-                    &sql,
-                    &[
-                        &r.message_id,
-                        &owner,
-                        &(failed as i32),
-                        &retry_ms,
-                        &last_error,
-                    ],
-                )
-                .await
-                .map_err(map_db)?;
-            let (attempt, event_id): (i32, Uuid) = match &updated {
-                Some(row) => (row.get(0), row.get(2)),
-                None => {
-                    // Our lease ran out and someone else has the message: keep
-                    // the record of what we saw, change nothing else.
-                    tracing::warn!(message = %r.message_id, "attempt finished after its lease ended");
-                    let row = tx
-                        .query_one(
-                            "SELECT attempts + 1, event_id FROM webhook_messages WHERE id = $1",
-                            &[&r.message_id],
-                        )
-                        .await
-                        .map_err(map_db)?;
-                    (row.get(0), row.get(1))
-                }
-            };
-            tx.execute(
-                "INSERT INTO webhook_attempts (tenant_id, message_id, endpoint_id, event_id, \
-                 attempt, started_at, latency_ms, status_code, error, response_excerpt, outcome) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        let rows = client
+            .query(
+                &statement,
                 &[
-                    &r.tenant.as_uuid(),
-                    &r.message_id,
-                    &r.endpoint_id,
-                    &event_id,
-                    &attempt,
-                    &r.started_at,
-                    &(r.latency_ms as i32),
-                    &r.status_code.map(|c| c as i32),
-                    &r.error,
-                    &r.response_excerpt,
-                    &outcome_name(&r.decision),
+                    &owner,
+                    &ids,
+                    &outcomes,
+                    &retry_ms,
+                    &last_errors,
+                    &endpoints,
+                    &started,
+                    &latencies,
+                    &codes,
+                    &errors,
+                    &excerpts,
+                    &disable,
                 ],
             )
             .await
             .map_err(map_db)?;
-            let Some(row) = updated else { continue };
-            let key: String = row.get(1);
-            match &r.decision {
-                AttemptDecision::Delivered => {
-                    tx.execute(
-                        "SELECT buktor_webhook_promote($1, ARRAY[$2])",
-                        &[&r.endpoint_id, &key],
-                    )
-                    .await
-                    .map_err(map_db)?;
-                }
-                AttemptDecision::DeadLetter { disable_endpoint } => {
-                    dead.push(r.message_id.clone());
-                    if *disable_endpoint {
-                        disable(&tx, r.endpoint_id, "a message was dead-lettered").await?;
-                    }
-                }
-                AttemptDecision::EndpointGone => {
-                    disable(&tx, r.endpoint_id, "the endpoint answered 410 Gone").await?;
-                }
-                AttemptDecision::Retry { .. } => {}
-            }
-        }
-        tx.commit().await.map_err(map_db)?;
-        Ok(dead)
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn release(&self, owner: &str, message_ids: &[String]) -> StoreResult<()> {
@@ -676,19 +624,4 @@ impl WebhookStore for PostgresStore {
         tx.commit().await.map_err(map_db)?;
         Ok(rows.len() as u64)
     }
-}
-
-async fn disable(
-    tx: &tokio_postgres::Transaction<'_>,
-    endpoint: Uuid,
-    reason: &str,
-) -> StoreResult<()> {
-    tx.execute(
-        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, updated_at = now() \
-         WHERE id = $1 AND enabled",
-        &[&endpoint, &reason],
-    )
-    .await
-    .map_err(map_db)?;
-    Ok(())
 }

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use super::{format_time, map_db, parse_time, parse_uuid, to_micros, SqliteStore};
 use crate::store::webhooks::{
     outcome_name, AttemptDecision, AttemptFilter, AttemptRecord, AttemptResult, ClaimRequest,
-    EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord, MessageState,
-    NewMessage, ReplayFrom, WebhookStore,
+    Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
+    MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
@@ -445,7 +445,7 @@ impl WebhookStore for SqliteStore {
         .await
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<MessageRecord>> {
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         let request = request.clone();
         let skip = to_json(&request.skip_endpoints)?;
         self.write(move |conn| {
@@ -490,14 +490,41 @@ impl WebhookStore for SqliteStore {
                 "UPDATE webhook_messages SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1 \
                  RETURNING {MESSAGE_COLUMNS}"
             );
-            let mut claimed = Vec::with_capacity(picked.len());
+            let mut messages = Vec::with_capacity(picked.len());
             for id in &picked {
-                claimed.extend(query_all(
+                messages.extend(query_all(
                     &tx,
                     &sql,
                     params![id, request.owner, until],
                     decode_message,
                 )?);
+            }
+            // The endpoints as they are now: a message claimed just after a
+            // rotation is signed with the new secret.
+            let mut endpoints = std::collections::HashMap::new();
+            let mut claimed = Vec::with_capacity(messages.len());
+            for message in messages {
+                let endpoint = match endpoints.entry(message.endpoint_id) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        std::sync::Arc::clone(e.get())
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let endpoint = query_all(
+                            &tx,
+                            &format!(
+                                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ?1"
+                            ),
+                            params![message.endpoint_id.to_string()],
+                            decode_endpoint,
+                        )?
+                        .pop()
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("message {} has no endpoint", message.id))
+                        })?;
+                        std::sync::Arc::clone(v.insert(std::sync::Arc::new(endpoint)))
+                    }
+                };
+                claimed.push(Claimed { message, endpoint });
             }
             tx.commit().map_err(map_db)?;
             Ok(claimed)
@@ -525,10 +552,7 @@ impl WebhookStore for SqliteStore {
                     AttemptDecision::DeadLetter { .. } => ("dead", now_text.clone(), true),
                     AttemptDecision::EndpointGone => ("pending", now_text.clone(), true),
                 };
-                let last_error = r
-                    .error
-                    .clone()
-                    .or_else(|| r.status_code.filter(|_| failed).map(|c| format!("HTTP {c}")));
+                let last_error = r.last_error();
                 let updated = tx
                     .prepare_cached(
                         // A failed attempt of a message that a replay queued

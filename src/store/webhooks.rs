@@ -30,7 +30,8 @@ pub struct EndpointSpec {
     /// Only events about practitioners of these departments; empty = all.
     pub departments: Vec<String>,
     pub enabled: bool,
-    /// Most requests per second to this endpoint; `None` = no limit.
+    /// Most requests per second to this endpoint from each dispatching
+    /// instance; `None` = no limit.
     pub rate_limit_per_second: Option<u32>,
     /// Failed attempts before a message is dead-lettered; `None` = the server's default.
     pub max_attempts: Option<u32>,

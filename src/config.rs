@@ -307,7 +307,10 @@ mod tests {
             jail.set_env("BUKTOR_RATE_LIMIT__REQUESTS", "99");
             jail.set_env("BUKTOR_CONFIG", "b.toml");
             jail.set_env("BUKTOR_TEST_SOMETHING", "not a configuration key");
-            jail.set_env("BUKTOR_MIDDLEWARE_LISTEN", "the middleware's, not the server's");
+            jail.set_env(
+                "BUKTOR_MIDDLEWARE_LISTEN",
+                "the middleware's, not the server's",
+            );
             let c = Config::load(Some(std::path::Path::new("b.toml"))).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.pool_size, 7);

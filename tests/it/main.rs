@@ -1,7 +1,7 @@
 mod store_conformance;
 mod store_group_commit;
-mod webhook_store;
 mod support;
+mod webhook_store;
 
 mod api_bad_input;
 mod api_booking;

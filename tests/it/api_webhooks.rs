@@ -35,6 +35,11 @@ mod postgresql {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_cli_manages_endpoints_and_shows_the_delivery_log() {
+        endpoint_cli(Deployment::postgres().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_longer_retry_after_is_honoured() {
         retry_after_is_honoured(Deployment::postgres().await).await;
     }
@@ -2185,4 +2190,156 @@ fn order_check_self_check() {
     assert!(
         std::panic::catch_unwind(|| assert_ids_stable(&[arrival(2, 0, 10, 500), other])).is_err()
     );
+}
+
+/// `buktor endpoint …` on the server's machine does what the mutations do.
+async fn endpoint_cli(deployment: Deployment) {
+    let server = deployment.start_with(options(&[])).await;
+    let h = set_up_hospital(&deployment, &server, "CLI HIS Hospital").await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url();
+
+    let refused = deployment
+        .cli_output(&[
+            "endpoint",
+            "create",
+            "--tenant",
+            &h.tenant,
+            "--url",
+            "ftp://his/x",
+        ])
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("http:// or https://"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let created = deployment
+        .cli(&[
+            "endpoint",
+            "create",
+            "--tenant",
+            &h.tenant,
+            "--url",
+            &url,
+            "--event-type",
+            "appointment.booked",
+        ])
+        .await;
+    let field = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name} in {created:?}"))
+            .to_owned()
+    };
+    let (id, secret) = (field("endpoint "), field("secret "));
+    assert!(secret.starts_with("whsec_"), "{created}");
+    receiver.set_secrets(&[&secret]);
+
+    let slot = slots(days_ahead(2))[0];
+    book_at(&server, &h, slot, "P-CLI").await;
+    let arrivals = receiver
+        .wait_until("the booking", Duration::from_secs(10), |a| {
+            a.iter().any(|a| a.succeeded())
+        })
+        .await;
+    receiver.assert_no_problems();
+    assert!(
+        arrivals[0].verified[0],
+        "signed with the secret the CLI showed"
+    );
+    let webhook_id = arrivals[0].webhook_id.clone();
+
+    let listed = deployment
+        .cli(&["endpoint", "list", "--tenant", &h.tenant])
+        .await;
+    assert!(
+        listed.contains(&id) && listed.contains("enabled") && listed.contains("delivered 1"),
+        "{listed}"
+    );
+    let log = deployment
+        .cli(&["endpoint", "deliveries", "--tenant", &h.tenant, "--id", &id])
+        .await;
+    assert!(
+        log.contains(&webhook_id) && log.contains("\t200\t") && log.contains("delivered"),
+        "{log}"
+    );
+
+    deployment
+        .cli(&[
+            "endpoint",
+            "update",
+            "--tenant",
+            &h.tenant,
+            "--id",
+            &id,
+            "--disable",
+        ])
+        .await;
+    assert_eq!(endpoint(&server, &h.admin, &id).await["enabled"], false);
+    deployment
+        .cli(&[
+            "endpoint", "update", "--tenant", &h.tenant, "--id", &id, "--enable",
+        ])
+        .await;
+    assert_eq!(endpoint(&server, &h.admin, &id).await["enabled"], true);
+
+    let replayed = deployment
+        .cli(&[
+            "endpoint",
+            "replay",
+            "--tenant",
+            &h.tenant,
+            "--id",
+            &id,
+            "--from-position",
+            "0.0",
+        ])
+        .await;
+    assert!(replayed.starts_with("1 messages"), "{replayed}");
+    receiver
+        .wait_until("the replay", Duration::from_secs(10), |a| {
+            a.iter()
+                .filter(|a| a.succeeded() && a.webhook_id == webhook_id)
+                .count()
+                == 2
+        })
+        .await;
+
+    let rotated = deployment
+        .cli(&[
+            "endpoint",
+            "rotate-secret",
+            "--tenant",
+            &h.tenant,
+            "--id",
+            &id,
+            "--overlap-minutes",
+            "0",
+        ])
+        .await;
+    let new_secret = rotated
+        .split_whitespace()
+        .nth(1)
+        .expect("a secret")
+        .to_owned();
+    assert!(
+        new_secret.starts_with("whsec_") && new_secret != secret,
+        "{rotated}"
+    );
+    receiver.set_secrets(&[&new_secret]);
+    book_at(&server, &h, slots(days_ahead(2))[1], "P-CLI-2").await;
+    let arrivals = receiver
+        .wait_until(
+            "a booking signed with the new secret",
+            Duration::from_secs(10),
+            |a| a.iter().filter(|a| a.succeeded()).count() == 3,
+        )
+        .await;
+    receiver.assert_no_problems();
+    assert!(arrivals.last().is_some_and(|a| a.verified[0]));
 }

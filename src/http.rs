@@ -107,6 +107,7 @@ impl Application {
                 .route("/graphql", web::get().to(graphql_get))
                 .route("/events", web::get().to(crate::feed::page))
                 .route("/events/stream", web::get().to(crate::feed::stream))
+                .service(web::scope("/fhir/r4").configure(crate::fhir::configure))
                 .default_service(web::to(not_found))
         })
         .disable_signals()

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod feed;
+pub mod fhir;
 pub mod graphql;
 pub mod http;
 pub mod live;

@@ -12,6 +12,7 @@ mod api_restart;
 mod api_security;
 mod api_webhooks;
 mod audit_chain;
+mod fhir;
 mod middleware;
 mod middleware_hl7;
 mod read_side;

@@ -1,0 +1,1134 @@
+//! FHIR R4 under `/fhir/r4/`: read and search `Appointment`, `Practitioner`,
+//! `Schedule` and `Slot`, create and update `Appointment`, and the
+//! `CapabilityStatement` at `/fhir/r4/metadata`.
+//!
+//! Layout: `params` (search parameters), `resources` (read models as FHIR
+//! JSON), this module (routes, authentication, mapping writes onto the
+//! `Scheduler`'s commands). Every request is authenticated like the rest of
+//! the API (`crate::http::authenticated`); every error is an
+//! `OperationOutcome` (`application/fhir+json`) carrying Buktor's code.
+//! The mapping is documented in `docs/fhir.md`.
+mod params;
+mod resources;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use buktor_domain::appointment::{AppointmentStatus, BookedAppointment, CancelledBy};
+use buktor_domain::practitioner::RegisteredPractitioner;
+use buktor_domain::service::DefinedService;
+use buktor_domain::values::{Name, PatientRef, Reason, ShortText};
+use buktor_domain::{Actor, AppointmentId, PractitionerId, Role, ServiceId, Source, TenantId};
+use buktor_projections::catalog::{practitioner_key, service_key, CatalogDoc};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::app::{AppError, Book, Cancel, CommandContext, CommandOutcome, Reschedule};
+use crate::auth::Principal;
+use crate::http::AppState;
+use crate::projection::views::{SlotSearch, ViewError};
+use params::Range;
+use resources::{Audit, ERROR_SYSTEM, PATIENT_SYSTEM, PRACTITIONER_SYSTEM, SERVICE_SYSTEM};
+
+const FHIR_JSON: &str = "application/fhir+json";
+/// How long a write waits for the read models before answering, so the
+/// client's next search sees it.
+const CATCH_UP: Duration = Duration::from_secs(5);
+/// The widest date range a practitioner's appointment search may cover.
+const MAX_AGENDA_DAYS: i64 = 93;
+/// The widest `start` range of a Slot search.
+const MAX_SLOT_DAYS: i64 = 31;
+
+/// The routes, mounted by `crate::http` under `/fhir/r4`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metadata", web::get().to(metadata))
+        .route("/Appointment", web::get().to(search_appointments))
+        .route("/Appointment", web::post().to(create_appointment))
+        .route("/Appointment/{id}", web::get().to(read_appointment))
+        .route("/Appointment/{id}", web::put().to(update_appointment))
+        .route("/Practitioner", web::get().to(search_practitioners))
+        .route("/Practitioner/{id}", web::get().to(read_practitioner))
+        .route("/Schedule", web::get().to(search_schedules))
+        .route("/Schedule/{id}", web::get().to(read_schedule))
+        .route("/Slot", web::get().to(search_slots))
+        .default_service(web::to(unknown_route));
+}
+
+/// A refusal, sent as an `OperationOutcome`.
+#[derive(Debug)]
+pub struct Outcome {
+    status: StatusCode,
+    /// The FHIR `IssueType` code.
+    issue: &'static str,
+    /// Buktor's stable error code.
+    code: String,
+    diagnostics: String,
+}
+
+impl Outcome {
+    fn new(status: StatusCode, issue: &'static str, code: &str, diagnostics: String) -> Self {
+        Outcome {
+            status,
+            issue,
+            code: code.to_owned(),
+            diagnostics,
+        }
+    }
+
+    /// A bad search parameter or body: 400.
+    pub fn invalid(diagnostics: String) -> Self {
+        Outcome::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "INVALID_INPUT",
+            diagnostics,
+        )
+    }
+
+    /// A well-formed request Buktor cannot map onto a command: 422.
+    fn unsupported(diagnostics: String) -> Self {
+        Outcome::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not-supported",
+            "UNSUPPORTED",
+            diagnostics,
+        )
+    }
+
+    fn not_found(what: &str, id: &str) -> Self {
+        Outcome::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "NOT_FOUND",
+            format!("{what}/{id} does not exist"),
+        )
+    }
+
+    fn internal(e: impl std::fmt::Debug) -> Self {
+        tracing::error!(error = ?e, "FHIR request failed inside the server");
+        Outcome::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "INTERNAL",
+            "the server failed; try again".into(),
+        )
+    }
+
+    fn response(&self) -> HttpResponse {
+        operation_outcome(self.status, self.issue, &self.code, &self.diagnostics)
+    }
+}
+
+impl From<ViewError> for Outcome {
+    fn from(e: ViewError) -> Self {
+        Outcome::internal(e)
+    }
+}
+
+impl From<AppError> for Outcome {
+    fn from(e: AppError) -> Self {
+        use buktor_domain::DomainError as D;
+        let (status, issue) = match &e {
+            AppError::Domain(D::AppointmentNotFound(_)) => (StatusCode::NOT_FOUND, "not-found"),
+            AppError::Domain(
+                D::SlotTaken { .. }
+                | D::AppointmentAlreadyExists(_)
+                | D::InvalidTransition { .. }
+                | D::SameTime { .. },
+            )
+            | AppError::Contention(_)
+            | AppError::IdempotencyKeyReused(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::Domain(_) => (StatusCode::UNPROCESSABLE_ENTITY, "business-rule"),
+            AppError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::Corrupt(_) | AppError::Store(_) => return Outcome::internal(e),
+        };
+        Outcome::new(status, issue, e.code(), e.to_string())
+    }
+}
+
+fn operation_outcome(
+    status: StatusCode,
+    issue: &str,
+    code: &str,
+    diagnostics: &str,
+) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type(FHIR_JSON)
+        .json(json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": if status.is_server_error() { "fatal" } else { "error" },
+                "code": issue,
+                "details": {
+                    "coding": [{"system": ERROR_SYSTEM, "code": code}],
+                    "text": code,
+                },
+                "diagnostics": diagnostics,
+            }],
+        }))
+}
+
+fn ok(resource: Value) -> HttpResponse {
+    HttpResponse::Ok().content_type(FHIR_JSON).json(resource)
+}
+
+fn respond(result: Result<HttpResponse, Outcome>) -> HttpResponse {
+    result.unwrap_or_else(|o| o.response())
+}
+
+/// The caller, authenticated as everywhere else; a refusal (401, 429, 503)
+/// keeps its status and headers but becomes an `OperationOutcome`.
+async fn caller(req: &HttpRequest, state: &AppState) -> Result<Principal, HttpResponse> {
+    match crate::http::authenticated(req, state).await {
+        Ok(p) => Ok(p),
+        Err(refused) => {
+            let status = refused.status();
+            let (issue, code) = match status {
+                StatusCode::UNAUTHORIZED => ("login", "UNAUTHENTICATED"),
+                StatusCode::TOO_MANY_REQUESTS => ("throttled", "RATE_LIMITED"),
+                _ => ("transient", "STORE_UNAVAILABLE"),
+            };
+            let detail = match status {
+                StatusCode::UNAUTHORIZED => "send a valid API key as `Authorization: Bearer <key>`",
+                StatusCode::TOO_MANY_REQUESTS => "too many requests; retry later",
+                _ => "try again",
+            };
+            let mut res = operation_outcome(status, issue, code, detail);
+            for (name, value) in refused.headers() {
+                if *name != header::CONTENT_TYPE && *name != header::CONTENT_LENGTH {
+                    res.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            Err(res)
+        }
+    }
+}
+
+fn base_url(req: &HttpRequest) -> String {
+    let ci = req.connection_info();
+    format!("{}://{}/fhir/r4", ci.scheme(), ci.host())
+}
+
+fn self_url(req: &HttpRequest) -> String {
+    let ci = req.connection_info();
+    let query = req.query_string();
+    let path = req.path();
+    if query.is_empty() {
+        format!("{}://{}{path}", ci.scheme(), ci.host())
+    } else {
+        format!("{}://{}{path}?{query}", ci.scheme(), ci.host())
+    }
+}
+
+/// The query's pairs; repeated names (`date=ge…&date=lt…`) are kept.
+/// Only the names in `known` (and `_format`, `_pretty`) are accepted.
+fn query(req: &HttpRequest, known: &[&str]) -> Result<Vec<(String, String)>, Outcome> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| Outcome::invalid(format!("the query string cannot be read: {e}")))?
+        .into_inner();
+    for (name, _) in &pairs {
+        if !known.contains(&name.as_str()) && name != "_format" && name != "_pretty" {
+            return Err(Outcome::invalid(format!(
+                "the search parameter {name:?} is not supported here; supported: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
+fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, Outcome> {
+    let mut values = pairs
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str());
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Outcome::invalid(format!("{name} may be given only once")));
+    }
+    Ok(first)
+}
+
+fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, Outcome> {
+    id.parse::<T>().map_err(|_| Outcome::not_found(what, id))
+}
+
+async fn unknown_route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(res) = caller(&req, &state).await {
+        return res;
+    }
+    operation_outcome(
+        StatusCode::NOT_FOUND,
+        "not-supported",
+        "NOT_FOUND",
+        &format!(
+            "{} {} is not supported; see {}/metadata",
+            req.method(),
+            req.path(),
+            base_url(&req)
+        ),
+    )
+}
+
+async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(res) = caller(&req, &state).await {
+        return res;
+    }
+    ok(resources::capability_statement(&base_url(&req)))
+}
+
+// --- catalog lookups ---------------------------------------------------------
+
+async fn catalog(
+    state: &AppState,
+    tenant: TenantId,
+    practitioners: impl IntoIterator<Item = PractitionerId>,
+    services: impl IntoIterator<Item = ServiceId>,
+) -> Result<
+    (
+        HashMap<PractitionerId, RegisteredPractitioner>,
+        HashMap<ServiceId, DefinedService>,
+    ),
+    Outcome,
+> {
+    let keys: BTreeSet<String> = practitioners
+        .into_iter()
+        .map(practitioner_key)
+        .chain(services.into_iter().map(service_key))
+        .collect();
+    let keys: Vec<String> = keys.into_iter().collect();
+    let docs = state.read_side.catalog_docs(tenant, &keys).await?;
+    let (mut ps, mut ss) = (HashMap::new(), HashMap::new());
+    for doc in docs.into_values() {
+        match &*doc {
+            CatalogDoc::Practitioner(p) => {
+                ps.insert(p.id, p.clone());
+            }
+            CatalogDoc::Service(s) => {
+                ss.insert(s.id, s.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok((ps, ss))
+}
+
+async fn render_appointments(
+    state: &AppState,
+    tenant: TenantId,
+    items: &[(BookedAppointment, Audit)],
+) -> Result<Vec<Value>, Outcome> {
+    let (ps, ss) = catalog(
+        state,
+        tenant,
+        items.iter().map(|(a, _)| a.practitioner_id),
+        items.iter().map(|(a, _)| a.service_id),
+    )
+    .await?;
+    Ok(items
+        .iter()
+        .map(|(a, audit)| {
+            resources::appointment(a, *audit, ss.get(&a.service_id), ps.get(&a.practitioner_id))
+        })
+        .collect())
+}
+
+/// One appointment, current (read from its stream), with the read model's
+/// booking time when it has caught up.
+async fn appointment_resource(
+    state: &AppState,
+    tenant: TenantId,
+    id: AppointmentId,
+) -> Result<Option<Value>, Outcome> {
+    let Some(a) = state.scheduler.appointment(tenant, id).await? else {
+        return Ok(None);
+    };
+    let docs = state.read_side.appointments(tenant, &[id]).await?;
+    let audit = docs.get(&id).map(Audit::from).unwrap_or_default();
+    let mut rendered = render_appointments(state, tenant, &[(a, audit)]).await?;
+    Ok(rendered.pop())
+}
+
+// --- Appointment ---------------------------------------------------------------
+
+async fn read_appointment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let id: AppointmentId = parse_id("Appointment", &path)?;
+            match appointment_resource(&state, p.tenant_id(), id).await? {
+                Some(r) => Ok(ok(r)),
+                None => Err(Outcome::not_found("Appointment", &path)),
+            }
+        }
+        .await,
+    )
+}
+
+async fn search_appointments(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(appointment_search(&req, &state, &p).await)
+}
+
+async fn appointment_search(
+    req: &HttpRequest,
+    state: &AppState,
+    p: &Principal,
+) -> Result<HttpResponse, Outcome> {
+    let pairs = query(
+        req,
+        &["patient", "practitioner", "date", "status", "_count"],
+    )?;
+    let tenant = p.tenant_id();
+    let zone = p.tenant.time_zone;
+    let patient = single(&pairs, "patient")?
+        .map(|raw| {
+            if !raw.contains('|') && raw.contains('/') {
+                params::reference("patient", raw, "Patient")
+            } else {
+                params::token("patient", raw, PATIENT_SYSTEM)
+            }
+        })
+        .transpose()?;
+    let practitioner: Option<PractitionerId> = single(&pairs, "practitioner")?
+        .map(|raw| {
+            let id = params::reference("practitioner", raw, "Practitioner")?;
+            id.parse().map_err(|_| {
+                Outcome::invalid(format!("practitioner: {id:?} is not a practitioner id"))
+            })
+        })
+        .transpose()?;
+    let mut range = Range::default();
+    for (_, v) in pairs.iter().filter(|(n, _)| n == "date") {
+        range.add("date", v, zone)?;
+    }
+    let statuses: Option<Vec<AppointmentStatus>> = single(&pairs, "status")?
+        .map(|raw| {
+            raw.split(',')
+                .map(|code| {
+                    params::status_of(code).ok_or_else(|| {
+                        Outcome::invalid(format!(
+                            "status: {code:?} is not one of booked, checked-in, fulfilled, noshow, cancelled"
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .transpose()?;
+    let count = params::count(single(&pairs, "_count")?)?;
+
+    let mut found: Vec<(BookedAppointment, Audit)> = match (patient, practitioner) {
+        (Some(his), _) => state
+            .read_side
+            .patient_appointments(tenant, his, None, None, None)
+            .await?
+            .into_iter()
+            .map(|d| {
+                let audit = Audit::from(&d);
+                (d.appointment, audit)
+            })
+            .collect(),
+        (None, Some(practitioner)) => {
+            let (Some(from), Some(to)) = (range.from, range.to) else {
+                return Err(Outcome::invalid(
+                    "a search by practitioner alone needs a date range with both ends (e.g. date=ge2026-12-01&date=lt2026-12-08)".into(),
+                ));
+            };
+            if to - from > chrono::Duration::days(MAX_AGENDA_DAYS) {
+                return Err(Outcome::invalid(format!(
+                    "date: a search by practitioner alone covers at most {MAX_AGENDA_DAYS} days"
+                )));
+            }
+            let first = from.with_timezone(&zone).date_naive();
+            let last = to.with_timezone(&zone).date_naive();
+            let ids: Vec<AppointmentId> = match state
+                .read_side
+                .agenda(tenant, practitioner, first, last)
+                .await?
+            {
+                Some((_, _, days)) => days
+                    .iter()
+                    .flat_map(|d| d.booked.iter().map(|b| b.appointment_id))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let docs = state.read_side.appointments(tenant, &ids).await?;
+            docs.into_values()
+                .map(|d| {
+                    let audit = Audit::from(&d);
+                    (d.appointment, audit)
+                })
+                .collect()
+        }
+        (None, None) => {
+            return Err(Outcome::invalid(
+                "an Appointment search needs patient or practitioner".into(),
+            ))
+        }
+    };
+    found.retain(|(a, _)| {
+        practitioner.is_none_or(|id| a.practitioner_id == id)
+            && range.contains(a.start)
+            && statuses.as_ref().is_none_or(|s| s.contains(&a.status))
+    });
+    found.sort_by_key(|(a, _)| (a.start, a.id));
+    let total = found.len();
+    found.truncate(count);
+    let rendered = render_appointments(state, tenant, &found).await?;
+    Ok(ok(resources::searchset(
+        &base_url(req),
+        &self_url(req),
+        total,
+        rendered,
+    )))
+}
+
+/// The request body as a FHIR resource of `resource_type`.
+async fn body_resource(
+    payload: web::Payload,
+    state: &AppState,
+    resource_type: &str,
+) -> Result<Value, Outcome> {
+    use futures::StreamExt;
+    let mut payload = payload;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Outcome::invalid(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > state.max_body_bytes {
+            return Err(Outcome::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                "BODY_TOO_LARGE",
+                format!("the body exceeds {} bytes", state.max_body_bytes),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| Outcome::invalid(format!("the body is not JSON: {e}")))?;
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == resource_type => Ok(value),
+        Some(t) => Err(Outcome::invalid(format!(
+            "the body is a {t}; expected a {resource_type}"
+        ))),
+        None => Err(Outcome::invalid(format!(
+            "the body has no resourceType; expected a {resource_type}"
+        ))),
+    }
+}
+
+fn command_context(req: &HttpRequest, p: &Principal) -> Result<CommandContext, Outcome> {
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
+            _ => {
+                return Err(Outcome::invalid(
+                    "Idempotency-Key must be 1 to 200 visible ASCII characters".into(),
+                ))
+            }
+        },
+    };
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::try_parse(v).ok())
+        .unwrap_or_else(Uuid::now_v7);
+    Ok(CommandContext {
+        tenant: p.tenant.id,
+        time_zone: p.tenant.time_zone,
+        actor: Actor {
+            id: format!("api-key:{}", p.key_id),
+            role: p.role,
+        },
+        source: match p.role {
+            Role::HisSystem => Source::HisApi,
+            _ => Source::Admin,
+        },
+        remote_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        correlation_id: request_id,
+        idempotency_key,
+    })
+}
+
+fn start_of(r: &Value) -> Result<Option<DateTime<Utc>>, Outcome> {
+    match r.get("start") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| Outcome::invalid(format!("start: {s:?} is not a FHIR instant"))),
+        Some(other) => Err(Outcome::invalid(format!(
+            "start: {other} is not a FHIR instant"
+        ))),
+    }
+}
+
+fn actors(r: &Value) -> impl Iterator<Item = &Value> {
+    r.get("participant")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("actor"))
+}
+
+fn practitioner_of(r: &Value) -> Result<Option<PractitionerId>, Outcome> {
+    let refs: Vec<&str> = actors(r)
+        .filter_map(|a| a.get("reference").and_then(Value::as_str))
+        .filter(|r| r.starts_with("Practitioner/"))
+        .collect();
+    match refs.as_slice() {
+        [] => Ok(None),
+        [one] => one["Practitioner/".len()..].parse().map(Some).map_err(|_| {
+            Outcome::unsupported(format!("participant: {one:?} is not a Buktor practitioner"))
+        }),
+        _ => Err(Outcome::unsupported(
+            "participant: Buktor appointments have exactly one practitioner".into(),
+        )),
+    }
+}
+
+fn patient_of(r: &Value) -> Result<Option<PatientRef>, Outcome> {
+    for actor in actors(r) {
+        let reference = actor.get("reference").and_then(Value::as_str);
+        let by_ref = reference.and_then(|r| r.strip_prefix("Patient/"));
+        let identifier = actor.get("identifier");
+        let by_identifier = identifier
+            .filter(|i| {
+                i.get("system")
+                    .and_then(Value::as_str)
+                    .is_none_or(|s| s == PATIENT_SYSTEM)
+            })
+            .and_then(|i| i.get("value"))
+            .and_then(Value::as_str);
+        let is_patient = by_ref.is_some() || (reference.is_none() && by_identifier.is_some());
+        if !is_patient {
+            continue;
+        }
+        let his = by_identifier.or(by_ref).unwrap_or_default();
+        let his = ShortText::parse("participant.actor.identifier", his)?;
+        let name = actor
+            .get("display")
+            .and_then(Value::as_str)
+            .map(|d| Name::parse("participant.actor.display", d))
+            .transpose()?;
+        return Ok(Some(PatientRef {
+            his_patient_id: his,
+            name,
+            phone: None,
+            email: None,
+        }));
+    }
+    Ok(None)
+}
+
+fn service_of(r: &Value) -> Result<Option<ServiceId>, Outcome> {
+    let codes: Vec<&str> = r
+        .get("serviceType")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("coding").and_then(Value::as_array))
+        .flatten()
+        .filter(|c| {
+            c.get("system")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s == SERVICE_SYSTEM)
+        })
+        .filter_map(|c| c.get("code").and_then(Value::as_str))
+        .collect();
+    match codes.as_slice() {
+        [] => Ok(None),
+        [one] => one.parse().map(Some).map_err(|_| {
+            Outcome::unsupported(format!("serviceType: {one:?} is not a Buktor service id"))
+        }),
+        _ => Err(Outcome::unsupported(
+            "serviceType: name exactly one Buktor service".into(),
+        )),
+    }
+}
+
+fn status_code_of(r: &Value) -> Result<&str, Outcome> {
+    r.get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Outcome::invalid("status is required".into()))
+}
+
+fn domain(e: buktor_domain::DomainError) -> Outcome {
+    Outcome::from(AppError::Domain(e))
+}
+
+impl From<buktor_domain::DomainError> for Outcome {
+    fn from(e: buktor_domain::DomainError) -> Self {
+        domain(e)
+    }
+}
+
+/// Waits until the read models hold the command's events, so that the
+/// client's next search finds them (a timeout only makes that later).
+async fn catch_up(state: &AppState, tenant: TenantId, outcome: &CommandOutcome) {
+    if let Some(at) = outcome.position {
+        if let Err(e) = state.read_side.wait_for(tenant, at, CATCH_UP).await {
+            tracing::warn!(error = %e, "FHIR write answered before the read models caught up");
+        }
+    }
+}
+
+async fn create_appointment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let r = body_resource(payload, &state, "Appointment").await?;
+            let status = status_code_of(&r)?;
+            if status != "booked" {
+                return Err(Outcome::unsupported(format!(
+                    "status: an appointment is created as booked, not {status:?}"
+                )));
+            }
+            let practitioner_id = practitioner_of(&r)?.ok_or_else(|| {
+                Outcome::unsupported("participant: name the practitioner (Practitioner/<id>)".into())
+            })?;
+            let patient = patient_of(&r)?.ok_or_else(|| {
+                Outcome::unsupported(
+                    "participant: name the patient (Patient/<HIS id> or an identifier)".into(),
+                )
+            })?;
+            let service_id = service_of(&r)?.ok_or_else(|| {
+                Outcome::unsupported(format!(
+                    "serviceType: give a coding with system {SERVICE_SYSTEM} and a Buktor service id"
+                ))
+            })?;
+            let start = start_of(&r)?
+                .ok_or_else(|| Outcome::unsupported("start is required".into()))?;
+            let note = r
+                .get("comment")
+                .and_then(Value::as_str)
+                .map(|c| Reason::parse("comment", c))
+                .transpose()?;
+            let ctx = command_context(&req, &p)?;
+            let outcome = state
+                .scheduler
+                .book(
+                    &ctx,
+                    &Book {
+                        appointment_id: None,
+                        practitioner_id,
+                        service_id,
+                        start,
+                        patient,
+                        note,
+                    },
+                )
+                .await?;
+            catch_up(&state, ctx.tenant, &outcome).await;
+            let id = AppointmentId::from_uuid(outcome.id);
+            let resource = appointment_resource(&state, ctx.tenant, id)
+                .await?
+                .ok_or_else(|| Outcome::internal("a booked appointment cannot be read"))?;
+            let location = format!("{}/Appointment/{id}", base_url(&req));
+            let mut res = HttpResponse::Created()
+                .content_type(FHIR_JSON)
+                .json(resource);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(res)
+        }
+        .await,
+    )
+}
+
+async fn update_appointment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(update(&req, &state, &p, &path, payload).await)
+}
+
+async fn update(
+    req: &HttpRequest,
+    state: &AppState,
+    p: &Principal,
+    path: &str,
+    payload: web::Payload,
+) -> Result<HttpResponse, Outcome> {
+    let r = body_resource(payload, state, "Appointment").await?;
+    if r.get("id").and_then(Value::as_str) != Some(path) {
+        return Err(Outcome::invalid(format!(
+            "the body's id must be the id in the URL ({path})"
+        )));
+    }
+    let id: AppointmentId = parse_id("Appointment", path)?;
+    let tenant = p.tenant_id();
+    let current = state
+        .scheduler
+        .appointment(tenant, id)
+        .await?
+        .ok_or_else(|| Outcome::not_found("Appointment", path))?;
+    let status = status_code_of(&r)?;
+    let wanted = params::status_of(status).ok_or_else(|| {
+        Outcome::unsupported(format!(
+            "status: Buktor has no appointments that are {status:?}"
+        ))
+    })?;
+    if let Some(service) = service_of(&r)? {
+        if service != current.service_id {
+            return Err(Outcome::unsupported(
+                "serviceType: the service of an appointment cannot change; cancel and book again"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(patient) = patient_of(&r)? {
+        if patient.his_patient_id != current.patient.his_patient_id {
+            return Err(Outcome::unsupported(
+                "participant: the patient of an appointment cannot change".into(),
+            ));
+        }
+    }
+    let practitioner = practitioner_of(&r)?.unwrap_or(current.practitioner_id);
+    let start = start_of(&r)?.unwrap_or(current.start);
+    let moves = practitioner != current.practitioner_id || start != current.start;
+    let ctx = command_context(req, p)?;
+    let outcome = match (wanted, moves) {
+        (w, false) if w == current.status => None,
+        (AppointmentStatus::Booked, true) if current.status == AppointmentStatus::Booked => Some(
+            state
+                .scheduler
+                .reschedule(
+                    &ctx,
+                    &Reschedule {
+                        appointment_id: id,
+                        practitioner_id: (practitioner != current.practitioner_id)
+                            .then_some(practitioner),
+                        start,
+                        reason: None,
+                    },
+                )
+                .await?,
+        ),
+        (AppointmentStatus::Cancelled, false) => {
+            let reason = r
+                .pointer("/cancelationReason/text")
+                .and_then(Value::as_str)
+                .unwrap_or("cancelled through FHIR");
+            let cancelled_by = match r
+                .pointer("/cancelationReason/coding/0/code")
+                .and_then(Value::as_str)
+            {
+                Some("pat") => CancelledBy::Patient,
+                Some("prov") => CancelledBy::Practitioner,
+                _ => CancelledBy::Hospital,
+            };
+            Some(
+                state
+                    .scheduler
+                    .cancel(
+                        &ctx,
+                        &Cancel {
+                            appointment_id: id,
+                            reason: Reason::parse("cancelationReason.text", reason)?,
+                            cancelled_by,
+                        },
+                    )
+                    .await?,
+            )
+        }
+        (AppointmentStatus::Cancelled, true) => {
+            return Err(Outcome::unsupported(
+                "cancel without changing start or practitioner in the same update".into(),
+            ))
+        }
+        (w, _) => {
+            return Err(Outcome::unsupported(format!(
+                "changing a {} appointment to {} through FHIR is not supported; FHIR updates reschedule (start, practitioner) or cancel",
+                params::fhir_status(current.status),
+                params::fhir_status(w),
+            )))
+        }
+    };
+    if let Some(outcome) = &outcome {
+        catch_up(state, tenant, outcome).await;
+    }
+    let resource = appointment_resource(state, tenant, id)
+        .await?
+        .ok_or_else(|| Outcome::not_found("Appointment", path))?;
+    Ok(ok(resource))
+}
+
+// --- Practitioner and Schedule -------------------------------------------------------
+
+async fn all_practitioners(
+    state: &AppState,
+    tenant: TenantId,
+) -> Result<Vec<RegisteredPractitioner>, Outcome> {
+    Ok(state
+        .read_side
+        .practitioners(tenant, None, usize::MAX)
+        .await?)
+}
+
+async fn one_practitioner(
+    state: &AppState,
+    tenant: TenantId,
+    what: &str,
+    id: &str,
+) -> Result<RegisteredPractitioner, Outcome> {
+    let pid: PractitionerId = parse_id(what, id)?;
+    state
+        .scheduler
+        .practitioner(tenant, pid)
+        .await?
+        .ok_or_else(|| Outcome::not_found(what, id))
+}
+
+async fn read_practitioner(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        one_practitioner(&state, p.tenant_id(), "Practitioner", &path)
+            .await
+            .map(|pr| ok(resources::practitioner(&pr))),
+    )
+}
+
+async fn search_practitioners(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let pairs = query(&req, &["name", "identifier", "_count"])?;
+            let name = single(&pairs, "name")?.map(str::to_lowercase);
+            let identifier = single(&pairs, "identifier")?
+                .map(|raw| params::token("identifier", raw, PRACTITIONER_SYSTEM))
+                .transpose()?;
+            let count = params::count(single(&pairs, "_count")?)?;
+            let mut found = all_practitioners(&state, p.tenant_id()).await?;
+            found.retain(|pr| {
+                name.as_ref()
+                    .is_none_or(|n| pr.details.name.as_str().to_lowercase().contains(n))
+                    && identifier.is_none_or(|i| {
+                        pr.details.external_id.as_ref().map(|e| e.as_str()) == Some(i)
+                    })
+            });
+            let total = found.len();
+            let page = found
+                .iter()
+                .take(count)
+                .map(resources::practitioner)
+                .collect();
+            Ok(ok(resources::searchset(
+                &base_url(&req),
+                &self_url(&req),
+                total,
+                page,
+            )))
+        }
+        .await,
+    )
+}
+
+async fn read_schedule(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let pr = one_practitioner(&state, p.tenant_id(), "Schedule", &path).await?;
+            let services = state
+                .read_side
+                .services(p.tenant_id(), None, usize::MAX)
+                .await?;
+            Ok(ok(resources::schedule(&pr, &services)))
+        }
+        .await,
+    )
+}
+
+async fn search_schedules(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let pairs = query(&req, &["actor", "_count"])?;
+            let actor = single(&pairs, "actor")?
+                .map(|raw| params::reference("actor", raw, "Practitioner"))
+                .transpose()?;
+            let count = params::count(single(&pairs, "_count")?)?;
+            let mut found = all_practitioners(&state, p.tenant_id()).await?;
+            found.retain(|pr| actor.is_none_or(|a| pr.id.to_string() == a));
+            let services = state
+                .read_side
+                .services(p.tenant_id(), None, usize::MAX)
+                .await?;
+            let total = found.len();
+            let page = found
+                .iter()
+                .take(count)
+                .map(|pr| resources::schedule(pr, &services))
+                .collect();
+            Ok(ok(resources::searchset(
+                &base_url(&req),
+                &self_url(&req),
+                total,
+                page,
+            )))
+        }
+        .await,
+    )
+}
+
+// --- Slot ------------------------------------------------------------------------------
+
+async fn search_slots(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(slot_search(&req, &state, &p).await)
+}
+
+async fn slot_search(
+    req: &HttpRequest,
+    state: &AppState,
+    p: &Principal,
+) -> Result<HttpResponse, Outcome> {
+    let pairs = query(
+        req,
+        &[
+            "schedule",
+            "practitioner",
+            "start",
+            "service-type",
+            "status",
+            "_count",
+        ],
+    )?;
+    let tenant = p.tenant_id();
+    let zone = p.tenant.time_zone;
+    let mut practitioners = Vec::new();
+    for (name, raw) in pairs
+        .iter()
+        .filter(|(n, _)| n == "schedule" || n == "practitioner")
+    {
+        let kind = if name == "schedule" {
+            "Schedule"
+        } else {
+            "Practitioner"
+        };
+        let id = params::reference(name, raw, kind)?;
+        let id: PractitionerId = id
+            .parse()
+            .map_err(|_| Outcome::invalid(format!("{name}: {id:?} is not a practitioner id")))?;
+        practitioners.push(id);
+    }
+    let service_id: Option<ServiceId> = single(&pairs, "service-type")?
+        .map(|raw| {
+            let code = params::token("service-type", raw, SERVICE_SYSTEM)?;
+            code.parse().map_err(|_| {
+                Outcome::invalid(format!("service-type: {code:?} is not a Buktor service id"))
+            })
+        })
+        .transpose()?;
+    if let Some(status) = single(&pairs, "status")? {
+        if status != "free" {
+            return Err(Outcome::invalid(format!(
+                "status: only free slots are published, not {status:?}"
+            )));
+        }
+    }
+    let mut range = Range::default();
+    for (_, v) in pairs.iter().filter(|(n, _)| n == "start") {
+        range.add("start", v, zone)?;
+    }
+    let (Some(from), Some(to)) = (range.from, range.to) else {
+        return Err(Outcome::invalid(
+            "start: give a range with both ends (e.g. start=ge2026-12-01&start=le2026-12-07)"
+                .into(),
+        ));
+    };
+    if to - from > chrono::Duration::days(MAX_SLOT_DAYS) {
+        return Err(Outcome::invalid(format!(
+            "start: a Slot search covers at most {MAX_SLOT_DAYS} days"
+        )));
+    }
+    let count = params::count(single(&pairs, "_count")?)?;
+    let search = SlotSearch {
+        practitioner_ids: (!practitioners.is_empty()).then_some(practitioners),
+        service_id,
+        specialty: None,
+    };
+    let first = from.with_timezone(&zone).date_naive();
+    let last = to.with_timezone(&zone).date_naive();
+    let mut offered = state
+        .read_side
+        .available_slots(tenant, &search, first, last, state.scheduler.now())
+        .await?;
+    offered.retain(|o| range.contains(o.slot.start));
+    let total = offered.len();
+    offered.truncate(count);
+    let services: HashMap<ServiceId, DefinedService> = catalog(
+        state,
+        tenant,
+        std::iter::empty(),
+        offered.iter().map(|o| o.service_id),
+    )
+    .await?
+    .1;
+    let page: Vec<Value> = offered
+        .iter()
+        .filter_map(|o| {
+            services
+                .get(&o.service_id)
+                .map(|s| resources::slot(o.practitioner_id, s, o.slot.start, o.slot.end))
+        })
+        .collect();
+    Ok(ok(resources::searchset(
+        &base_url(req),
+        &self_url(req),
+        total,
+        page,
+    )))
+}

@@ -1,0 +1,645 @@
+//! The FHIR R4 API (`/fhir/r4/`) end to end against the real server: every
+//! resource it serves is checked by an off-the-shelf R4 model library
+//! (fhirbolt, strict deserialization: unknown elements, missing required
+//! elements and malformed primitives fail) plus the required code bindings.
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+
+use crate::server::*;
+
+/// The R4 value sets with required bindings that the resources use.
+const APPOINTMENT_STATUS: [&str; 10] = [
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+];
+const PARTICIPATION_STATUS: [&str; 4] = ["accepted", "declined", "tentative", "needs-action"];
+const SLOT_STATUS: [&str; 5] = [
+    "busy",
+    "free",
+    "busy-unavailable",
+    "busy-tentative",
+    "entered-in-error",
+];
+
+struct Fhir {
+    client: reqwest::Client,
+    base: String,
+}
+
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    content_type: String,
+    body: Value,
+}
+
+impl Fhir {
+    fn new(server: &TestServer) -> Fhir {
+        Fhir {
+            client: reqwest::Client::new(),
+            base: format!("{}/fhir/r4", server.url),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let res = request.send().await.expect("the server answers");
+        let status = res.status().as_u16();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let location = header("location");
+        let content_type = header("content-type").unwrap_or_default();
+        let text = res.text().await.expect("a body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("status {status}: the body is not JSON ({e}): {text}"));
+        validate(&body);
+        Answer {
+            status,
+            location,
+            content_type,
+            body,
+        }
+    }
+
+    async fn get(&self, key: Option<&str>, path: &str) -> Answer {
+        let mut r = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        self.send(r).await
+    }
+
+    async fn ok(&self, key: &str, path: &str) -> Value {
+        let a = self.get(Some(key), path).await;
+        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
+        assert!(a.content_type.starts_with("application/fhir+json"));
+        a.body
+    }
+
+    async fn write(&self, key: &str, method: reqwest::Method, path: &str, body: String) -> Answer {
+        let r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/fhir+json")
+            .body(body);
+        self.send(r).await
+    }
+
+    async fn post(&self, key: &str, body: &Value) -> Answer {
+        self.write(key, reqwest::Method::POST, "/Appointment", body.to_string())
+            .await
+    }
+
+    async fn put(&self, key: &str, id: &str, body: &Value) -> Answer {
+        self.write(
+            key,
+            reqwest::Method::PUT,
+            &format!("/Appointment/{id}"),
+            body.to_string(),
+        )
+        .await
+    }
+}
+
+/// Strict R4 deserialization by fhirbolt, and the required code bindings.
+fn validate(resource: &Value) {
+    let text = resource.to_string();
+    if let Err(e) = fhirbolt::json::from_str::<fhirbolt::model::r4::Resource>(&text, None) {
+        panic!("not a valid FHIR R4 resource ({e}): {resource:#}");
+    }
+    match resource["resourceType"].as_str() {
+        Some("Bundle") => {
+            assert_eq!(resource["type"], "searchset");
+            for entry in resource["entry"].as_array().into_iter().flatten() {
+                assert!(entry["fullUrl"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!(
+                        "/{}/{}",
+                        entry["resource"]["resourceType"].as_str().unwrap(),
+                        entry["resource"]["id"].as_str().unwrap()
+                    ))));
+                validate(&entry["resource"]);
+            }
+        }
+        Some("Appointment") => {
+            // fhirbolt does not check primitive formats: instants must carry a zone.
+            for field in ["start", "end", "created"] {
+                if let Some(t) = resource[field].as_str() {
+                    assert!(
+                        DateTime::parse_from_rfc3339(t).is_ok(),
+                        "Appointment.{field} {t:?} is not an instant"
+                    );
+                }
+            }
+            let status = resource["status"].as_str().expect("Appointment.status");
+            assert!(APPOINTMENT_STATUS.contains(&status), "{status}");
+            for p in resource["participant"].as_array().expect("participants") {
+                let s = p["status"].as_str().expect("participant.status");
+                assert!(PARTICIPATION_STATUS.contains(&s), "{s}");
+            }
+            for r in references(resource) {
+                assert!(
+                    r.starts_with("Patient/") || r.starts_with("Practitioner/"),
+                    "{r}"
+                );
+            }
+        }
+        Some("Slot") => {
+            let s = resource["status"].as_str().expect("Slot.status");
+            assert!(SLOT_STATUS.contains(&s), "{s}");
+            assert!(resource["schedule"]["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Schedule/")));
+            for field in ["start", "end"] {
+                let t = resource[field].as_str().expect("Slot.start and Slot.end");
+                assert!(DateTime::parse_from_rfc3339(t).is_ok(), "{t:?}");
+            }
+        }
+        Some("Schedule") => {
+            assert!(resource["actor"][0]["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Practitioner/")));
+        }
+        Some("OperationOutcome") => {
+            assert!(resource["issue"][0]["details"]["coding"][0]["code"].is_string());
+        }
+        _ => {}
+    }
+}
+
+fn references(r: &Value) -> Vec<String> {
+    r["participant"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["actor"]["reference"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The Buktor error code an OperationOutcome carries.
+fn code(a: &Answer) -> &str {
+    assert_eq!(a.body["resourceType"], "OperationOutcome", "{}", a.body);
+    a.body["issue"][0]["details"]["coding"][0]["code"]
+        .as_str()
+        .unwrap()
+}
+
+fn instant_of(v: &Value) -> DateTime<Utc> {
+    instant(v)
+}
+
+fn z(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn book_for(
+    server: &TestServer,
+    h: &Hospital,
+    start: DateTime<Utc>,
+    patient: &str,
+    name: &str,
+) -> String {
+    let mut input = book_input(&h.practitioner, &h.checkup, start, patient);
+    input["patient"]["name"] = json!(name);
+    let data = server.gql_ok(&h.admin, BOOK, json!({"input": input})).await;
+    data["bookAppointment"]["id"].as_str().unwrap().to_owned()
+}
+
+fn new_appointment(h: &Hospital, start: DateTime<Utc>, patient: &str) -> Value {
+    json!({
+        "resourceType": "Appointment",
+        "status": "booked",
+        "serviceType": [{"coding": [{"system": "https://buktor.dev/fhir/CodeSystem/service", "code": h.checkup}]}],
+        "start": z(start),
+        "participant": [
+            {"actor": {"reference": format!("Patient/{patient}"), "display": "Grace Hopper"}, "status": "accepted"},
+            {"actor": {"reference": format!("Practitioner/{}", h.practitioner)}, "status": "accepted"},
+        ],
+    })
+}
+
+#[tokio::test]
+async fn fhir_reads_and_searches_serve_valid_r4_resources() {
+    let deployment = Deployment::postgres().await;
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Reads").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let d1 = days_ahead(3);
+    let d2 = days_ahead(4);
+    let a1 = book_for(&server, &h, local(d1, 9, 0), "P-1", "Ada Jansen").await;
+    let a2 = book_for(&server, &h, local(d2, 10, 0), "P-1", "Ada Jansen").await;
+    let a3 = book_for(&server, &h, local(d2, 11, 0), "P-2", "Bob Smit").await;
+    let external = server
+        .gql_ok(
+            key,
+            "mutation($input: PractitionerInput!) { registerPractitioner(input: $input) { id } }",
+            json!({"input": {"name": "Dr. Grace Hopper", "specialty": "Cardiology", "externalId": "HIS-DOC-7"}}),
+        )
+        .await["registerPractitioner"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.settle(key).await;
+
+    // metadata
+    let cs = fhir.ok(key, "/metadata").await;
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let types: Vec<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Appointment", "Practitioner", "Schedule", "Slot"]);
+
+    // read
+    let a = fhir.ok(key, &format!("/Appointment/{a1}")).await;
+    assert_eq!(a["status"], "booked");
+    assert_eq!(instant_of(&a["start"]), local(d1, 9, 0));
+    assert_eq!(a["minutesDuration"], 15);
+    assert_eq!(a["serviceType"][0]["coding"][0]["code"], h.checkup.as_str());
+    assert_eq!(a["serviceType"][0]["text"], "Check-up");
+    assert_eq!(a["participant"][0]["actor"]["reference"], "Patient/P-1");
+    assert_eq!(a["participant"][0]["actor"]["display"], "Ada Jansen");
+    assert_eq!(a["participant"][0]["actor"]["identifier"]["value"], "P-1");
+    assert_eq!(
+        a["participant"][1]["actor"]["reference"],
+        format!("Practitioner/{}", h.practitioner)
+    );
+    assert!(a["created"].is_string());
+
+    // patient: as a reference and as a token, with or without the system
+    for q in [
+        "patient=Patient/P-1",
+        "patient=P-1",
+        "patient=https://buktor.dev/fhir/NamingSystem/his-patient-id|P-1",
+    ] {
+        let b = fhir
+            .ok(key, &format!("/Appointment?{}", q.replace('|', "%7C")))
+            .await;
+        assert_eq!(b["total"], 2, "{q}");
+        assert_eq!(ids(&b), [a1.as_str(), a2.as_str()], "{q}");
+    }
+    // practitioner with a date range; date prefixes
+    let p = format!("practitioner=Practitioner/{}", h.practitioner);
+    let b = fhir
+        .ok(key, &format!("/Appointment?{p}&date=ge{d1}&date=le{d2}"))
+        .await;
+    assert_eq!(ids(&b), [a1.as_str(), a2.as_str(), a3.as_str()]);
+    let b = fhir
+        .ok(
+            key,
+            &format!("/Appointment?{p}&date=gt{d1}&date=lt{}", days_ahead(5)),
+        )
+        .await;
+    assert_eq!(ids(&b), [a2.as_str(), a3.as_str()]);
+    let b = fhir
+        .ok(
+            key,
+            &format!(
+                "/Appointment?{p}&date=eq{d2}&date=lt{}",
+                z(local(d2, 11, 0)).replace('+', "%2B")
+            ),
+        )
+        .await;
+    assert_eq!(ids(&b), [a2.as_str()]);
+    let b = fhir
+        .ok(key, &format!("/Appointment?patient=P-1&date={d1}"))
+        .await;
+    assert_eq!(ids(&b), [a1.as_str()]);
+    let b = fhir
+        .ok(key, &format!("/Appointment?patient=P-1&date=le{d1}"))
+        .await;
+    assert_eq!(ids(&b), [a1.as_str()]);
+    // status and _count
+    let b = fhir.ok(key, "/Appointment?patient=P-2&status=booked").await;
+    assert_eq!(ids(&b), [a3.as_str()]);
+    let b = fhir
+        .ok(key, "/Appointment?patient=P-2&status=cancelled,noshow")
+        .await;
+    assert_eq!(b["total"], 0);
+    let b = fhir.ok(key, "/Appointment?patient=P-1&_count=1").await;
+    assert_eq!(b["total"], 2);
+    assert_eq!(ids(&b), [a1.as_str()]);
+    assert!(b["entry"][0]["fullUrl"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/fhir/r4/Appointment/{a1}")));
+
+    // Practitioner
+    let pr = fhir.ok(key, &format!("/Practitioner/{external}")).await;
+    assert_eq!(pr["name"][0]["text"], "Dr. Grace Hopper");
+    assert_eq!(pr["identifier"][0]["value"], "HIS-DOC-7");
+    let b = fhir.ok(key, "/Practitioner?identifier=HIS-DOC-7").await;
+    assert_eq!(ids(&b), [external.as_str()]);
+    let b = fhir.ok(key, "/Practitioner?name=lovelace").await;
+    assert_eq!(ids(&b), [h.practitioner.as_str()]);
+    let b = fhir.ok(key, "/Practitioner").await;
+    assert_eq!(b["total"], 2);
+
+    // Schedule
+    let s = fhir.ok(key, &format!("/Schedule/{}", h.practitioner)).await;
+    assert_eq!(
+        s["actor"][0]["reference"],
+        format!("Practitioner/{}", h.practitioner)
+    );
+    assert_eq!(s["serviceType"].as_array().unwrap().len(), 2);
+    let b = fhir
+        .ok(key, &format!("/Schedule?actor=Practitioner/{external}"))
+        .await;
+    assert_eq!(ids(&b), [external.as_str()]);
+
+    // Slot: only free ones; the booked 09:00 is not offered
+    let slots = fhir
+        .ok(
+            key,
+            &format!(
+                "/Slot?schedule=Schedule/{}&service-type={}&start=ge{d1}&start=le{d1}&_count=500",
+                h.practitioner, h.checkup
+            ),
+        )
+        .await;
+    let starts: Vec<DateTime<Utc>> = slots["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["resource"]["status"], "free");
+            instant_of(&e["resource"]["start"])
+        })
+        .collect();
+    assert!(starts.contains(&local(d1, 9, 15)));
+    assert!(!starts.contains(&local(d1, 9, 0)));
+    assert_eq!(
+        slots["total"].as_u64().unwrap() as usize,
+        slot_starts(&server, key, &h.practitioner, &h.checkup, d1, d1)
+            .await
+            .len()
+    );
+    let b = fhir
+        .ok(
+            key,
+            &format!(
+                "/Slot?practitioner=Practitioner/{}&start=ge{}&start=lt{}",
+                h.practitioner,
+                z(local(d1, 9, 0)).replace('+', "%2B"),
+                z(local(d1, 10, 0)).replace('+', "%2B")
+            ),
+        )
+        .await;
+    let (from, to) = (local(d1, 9, 0), local(d1, 10, 0));
+    let mut expected = 0;
+    for service in [&h.checkup, &h.consultation] {
+        expected += slot_starts(&server, key, &h.practitioner, service, d1, d1)
+            .await
+            .into_iter()
+            .filter(|t| *t >= from && *t < to)
+            .count();
+    }
+    assert!(expected >= 4);
+    assert_eq!(b["total"].as_u64().unwrap() as usize, expected, "{b:#}");
+    let slot_ids = ids(&b);
+    let mut unique = slot_ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), slot_ids.len());
+}
+
+#[tokio::test]
+async fn fhir_create_books_and_update_reschedules_and_cancels() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Writes").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let day = days_ahead(5);
+    let start = local(day, 14, 0);
+
+    let created = fhir.post(key, &new_appointment(&h, start, "P-9")).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert!(created
+        .location
+        .as_deref()
+        .is_some_and(|l| l.ends_with(&format!("/fhir/r4/Appointment/{id}"))));
+    assert_eq!(created.body["status"], "booked");
+    assert_eq!(
+        created.body["participant"][0]["actor"]["display"],
+        "Grace Hopper"
+    );
+    // At once visible to searches, and the slot is gone.
+    let b = fhir.ok(key, "/Appointment?patient=P-9").await;
+    assert_eq!(ids(&b), [id.as_str()]);
+    let slot_query = format!(
+        "/Slot?schedule=Schedule/{}&service-type={}&start=ge{day}&start=le{day}&_count=500",
+        h.practitioner, h.checkup
+    );
+    let free = |b: &Value| -> Vec<DateTime<Utc>> {
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| instant_of(&e["resource"]["start"]))
+            .collect()
+    };
+    assert!(!free(&fhir.ok(key, &slot_query).await).contains(&start));
+
+    // The same slot again: 409 SLOT_TAKEN.
+    let again = fhir.post(key, &new_appointment(&h, start, "P-10")).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(code(&again), "SLOT_TAKEN");
+    // Outside availability (14:07 is not on the grid): 422 with the code.
+    let odd = fhir
+        .post(
+            key,
+            &new_appointment(&h, start + Duration::minutes(7), "P-10"),
+        )
+        .await;
+    assert_eq!(odd.status, 422);
+    assert_eq!(code(&odd), "OUTSIDE_AVAILABILITY");
+    // Unsupported: created as anything but booked.
+    let mut proposed = new_appointment(&h, start + Duration::hours(1), "P-10");
+    proposed["status"] = json!("proposed");
+    let refused = fhir.post(key, &proposed).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(code(&refused), "UNSUPPORTED");
+
+    // Update the start: a reschedule.
+    let mut moved = created.body.clone();
+    let later = start + Duration::hours(2);
+    moved["start"] = json!(z(later));
+    let updated = fhir.put(key, &id, &moved).await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(instant_of(&updated.body["start"]), later);
+    assert_eq!(
+        instant_of(&fhir.ok(key, &format!("/Appointment/{id}")).await["start"]),
+        later
+    );
+    assert_eq!(
+        deployment
+            .count_events(&h.tenant, "AppointmentRescheduled")
+            .await,
+        1
+    );
+    let slots = free(&fhir.ok(key, &slot_query).await);
+    assert!(slots.contains(&start) && !slots.contains(&later));
+    // The same resource again changes nothing.
+    let same = fhir.put(key, &id, &updated.body).await;
+    assert_eq!(same.status, 200);
+    // Changing the service is not supported.
+    let mut other_service = updated.body.clone();
+    other_service["serviceType"][0]["coding"][0]["code"] = json!(h.consultation);
+    let refused = fhir.put(key, &id, &other_service).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(code(&refused), "UNSUPPORTED");
+
+    // Status cancelled: a cancellation with the reason.
+    let mut cancelled = updated.body.clone();
+    cancelled["status"] = json!("cancelled");
+    cancelled["cancelationReason"] = json!({"text": "patient is travelling"});
+    let done = fhir.put(key, &id, &cancelled).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["status"], "cancelled");
+    assert_eq!(
+        done.body["cancelationReason"]["text"],
+        "patient is travelling"
+    );
+    let b = fhir
+        .ok(key, "/Appointment?patient=Patient/P-9&status=cancelled")
+        .await;
+    assert_eq!(ids(&b), [id.as_str()]);
+    assert!(free(&fhir.ok(key, &slot_query).await).contains(&later));
+    // Rebooking a cancelled one through update is refused with Buktor's code.
+    let mut revive = done.body.clone();
+    revive["status"] = json!("booked");
+    revive["start"] = json!(z(start + Duration::hours(3)));
+    let refused = fhir.put(key, &id, &revive).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(code(&refused), "UNSUPPORTED");
+}
+
+#[tokio::test]
+async fn fhir_bad_requests_get_an_operation_outcome_and_change_nothing() {
+    let deployment = Deployment::postgres().await;
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Bad").await;
+    let other = set_up_hospital(&deployment, &server, "FHIR Other").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let theirs = book_for(&server, &other, local(days_ahead(2), 8, 0), "P-1", "Eve").await;
+    let ours = book_for(&server, &h, local(days_ahead(2), 8, 0), "P-1", "Ada").await;
+    server.settle(key).await;
+    server.settle(&other.admin).await;
+    let before = deployment.event_counts(&h.tenant).await;
+    let before_other = deployment.event_counts(&other.tenant).await;
+
+    // No key, a wrong key: 401.
+    let a = fhir.get(None, "/metadata").await;
+    assert_eq!(a.status, 401);
+    assert_eq!(code(&a), "UNAUTHENTICATED");
+    let a = fhir
+        .get(Some("bk_nonsense"), &format!("/Appointment/{ours}"))
+        .await;
+    assert_eq!(a.status, 401);
+    let a = fhir
+        .send(
+            fhir.client
+                .post(format!("{}/Appointment", fhir.base))
+                .body(new_appointment(&h, local(days_ahead(3), 8, 0), "P-1").to_string()),
+        )
+        .await;
+    assert_eq!(a.status, 401);
+
+    // Malformed JSON, the wrong resource type, no id match.
+    let a = fhir
+        .write(
+            key,
+            reqwest::Method::POST,
+            "/Appointment",
+            "{not json".into(),
+        )
+        .await;
+    assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"));
+    let a = fhir
+        .post(key, &json!({"resourceType": "Patient", "id": "x"}))
+        .await;
+    assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"));
+    let mut wrong_id = new_appointment(&h, local(days_ahead(3), 8, 0), "P-1");
+    wrong_id["id"] = json!(theirs);
+    let a = fhir.put(key, &ours, &wrong_id).await;
+    assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"));
+
+    // Unknown ids and another hospital's ids: 404.
+    for path in [
+        "/Appointment/0190e1a4-0000-7000-8000-000000000000".to_owned(),
+        "/Appointment/not-an-id".to_owned(),
+        format!("/Appointment/{theirs}"),
+        format!("/Practitioner/{}", other.practitioner),
+        format!("/Schedule/{}", other.practitioner),
+    ] {
+        let a = fhir.get(Some(key), &path).await;
+        assert_eq!((a.status, code(&a)), (404, "NOT_FOUND"), "{path}");
+    }
+    let mut theirs_body = new_appointment(&h, local(days_ahead(3), 8, 0), "P-1");
+    theirs_body["id"] = json!(theirs);
+    theirs_body["status"] = json!("cancelled");
+    let a = fhir.put(key, &theirs, &theirs_body).await;
+    assert_eq!(a.status, 404);
+
+    // Bad search parameters: 400.
+    for q in [
+        "/Appointment?patient=P-1&date=ap2026-01-01",
+        "/Appointment?patient=P-1&date=ge2026-13-01",
+        "/Appointment?patient=P-1&status=arrived",
+        "/Appointment?patient=P-1&_count=-1",
+        "/Appointment?patient=P-1&location=x",
+        "/Appointment",
+        "/Slot?start=ge2026-01-01",
+        "/Slot?start=ge2026-01-01&start=le2026-03-01",
+        "/Slot?start=ge2026-01-01&start=le2026-01-02&status=busy",
+    ] {
+        let a = fhir.get(Some(key), q).await;
+        assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"), "{q}");
+    }
+    let a = fhir.get(Some(key), "/Observation").await;
+    assert_eq!(a.status, 404);
+
+    // Tenant isolation in searches.
+    let b = fhir.ok(key, "/Appointment?patient=P-1").await;
+    assert_eq!(ids(&b), [ours.as_str()]);
+    let b = fhir.ok(&other.admin, "/Appointment?patient=P-1").await;
+    assert_eq!(ids(&b), [theirs.as_str()]);
+    let b = fhir
+        .ok(
+            key,
+            &format!("/Schedule?actor=Practitioner/{}", other.practitioner),
+        )
+        .await;
+    assert_eq!(b["total"], 0);
+
+    assert_eq!(deployment.event_counts(&h.tenant).await, before);
+    assert_eq!(deployment.event_counts(&other.tenant).await, before_other);
+}

@@ -27,7 +27,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::app::{AppError, Book, Cancel, CommandContext, CommandOutcome, Reschedule};
+use crate::app::{
+    AppError, Attendance, Book, Cancel, CommandContext, CommandOutcome, RecordAttendance,
+    Reschedule,
+};
 use crate::auth::Principal;
 use crate::http::AppState;
 use crate::projection::views::{SlotSearch, ViewError};
@@ -861,6 +864,27 @@ async fn update(
                     .await?,
             )
         }
+        (step @ (AppointmentStatus::CheckedIn
+        | AppointmentStatus::Completed
+        | AppointmentStatus::NoShow), false) => {
+            let step = match step {
+                AppointmentStatus::CheckedIn => Attendance::CheckIn,
+                AppointmentStatus::Completed => Attendance::Complete,
+                _ => Attendance::NoShow,
+            };
+            Some(
+                state
+                    .scheduler
+                    .record_attendance(
+                        &ctx,
+                        &RecordAttendance {
+                            appointment_id: id,
+                            step,
+                        },
+                    )
+                    .await?,
+            )
+        }
         (AppointmentStatus::Cancelled, true) => {
             return Err(Outcome::unsupported(
                 "cancel without changing start or practitioner in the same update".into(),
@@ -868,7 +892,7 @@ async fn update(
         }
         (w, _) => {
             return Err(Outcome::unsupported(format!(
-                "changing a {} appointment to {} through FHIR is not supported; FHIR updates reschedule (start, practitioner) or cancel",
+                "changing a {} appointment to {} through FHIR is not supported; FHIR updates reschedule (start, practitioner), cancel, check in, fulfil or mark no-show, one at a time",
                 params::fhir_status(current.status),
                 params::fhir_status(w),
             )))

@@ -542,6 +542,78 @@ async fn fhir_create_books_and_update_reschedules_and_cancels() {
 }
 
 #[tokio::test]
+async fn fhir_updates_check_in_fulfil_and_mark_no_shows() {
+    let deployment = Deployment::embedded();
+    let day = days_ahead(3);
+    let mut server = deployment
+        .start_with(ServerOptions::clock_at(local(day, 8, 0)))
+        .await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Attendance").await;
+    let key = h.admin.as_str();
+    let fhir = Fhir::new(&server);
+    let visit = fhir
+        .post(key, &new_appointment(&h, local(day, 9, 0), "P-A1"))
+        .await;
+    assert_eq!(visit.status, 201, "{}", visit.body);
+    let missed = fhir
+        .post(key, &new_appointment(&h, local(day, 9, 30), "P-A2"))
+        .await;
+    assert_eq!(missed.status, 201, "{}", missed.body);
+    let (visit_id, missed_id) = (
+        visit.body["id"].as_str().unwrap().to_owned(),
+        missed.body["id"].as_str().unwrap().to_owned(),
+    );
+    let with_status = |body: &Value, status: &str| {
+        let mut b = body.clone();
+        b["status"] = json!(status);
+        b
+    };
+
+    // Before its start nobody can have missed it: the lifecycle's own code.
+    let early = fhir
+        .put(key, &missed_id, &with_status(&missed.body, "noshow"))
+        .await;
+    assert_eq!(early.status, 422, "{}", early.body);
+    assert_eq!(code(&early), "NOT_STARTED_YET");
+    // Check-in opens two hours before the start.
+    let arrived = fhir
+        .put(key, &visit_id, &with_status(&visit.body, "checked-in"))
+        .await;
+    assert_eq!(arrived.status, 200, "{}", arrived.body);
+    assert_eq!(arrived.body["status"], "checked-in");
+    // Two steps at once are refused, and change nothing.
+    let mut both = with_status(&missed.body, "checked-in");
+    both["start"] = json!(z(local(day, 11, 0)));
+    let refused = fhir.put(key, &missed_id, &both).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(code(&refused), "UNSUPPORTED");
+
+    // Later that morning.
+    server
+        .restart_with(ServerOptions::clock_at(local(day, 10, 0)))
+        .await;
+    let fhir = Fhir::new(&server);
+    let fulfilled = fhir
+        .put(key, &visit_id, &with_status(&arrived.body, "fulfilled"))
+        .await;
+    assert_eq!(fulfilled.status, 200, "{}", fulfilled.body);
+    assert_eq!(fulfilled.body["status"], "fulfilled");
+    let noshow = fhir
+        .put(key, &missed_id, &with_status(&missed.body, "noshow"))
+        .await;
+    assert_eq!(noshow.status, 200, "{}", noshow.body);
+    assert_eq!(noshow.body["status"], "noshow");
+    assert_eq!(
+        fhir.ok(key, &format!("/Appointment/{missed_id}")).await["status"],
+        "noshow"
+    );
+    let b = fhir
+        .ok(key, "/Appointment?patient=P-A1&status=fulfilled")
+        .await;
+    assert_eq!(ids(&b), [visit_id.as_str()]);
+}
+
+#[tokio::test]
 async fn fhir_bad_requests_get_an_operation_outcome_and_change_nothing() {
     let deployment = Deployment::postgres().await;
     let server = deployment.start().await;

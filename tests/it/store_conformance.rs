@@ -59,36 +59,7 @@ async fn postgres_store(db: &support::pg::TestDb) -> PostgresStore {
     store
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let db = crate::support::pg::fresh_database().await;
-                    let store = super::postgres_store(&db).await;
-                    super::$case(&store).await;
-                    drop(store);
-                    db.drop_db().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let file = crate::support::fresh_sqlite_path();
-                    let store = buktor::store::sqlite::SqliteStore::open(&file.path)
-                        .expect("open the test database");
-                    super::$case(&store).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+crate::support::for_both_stores!(
     appended_events_read_back_with_versions_positions_and_content,
     read_all_pages_through_the_global_order,
     a_stale_expected_version_conflicts_and_writes_nothing,

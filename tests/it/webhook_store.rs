@@ -32,36 +32,7 @@ async fn postgres_store(db: &support::pg::TestDb) -> PostgresStore {
     store
 }
 
-macro_rules! webhook_conformance {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let db = crate::support::pg::fresh_database().await;
-                    let store = super::postgres_store(&db).await;
-                    super::$case(&store).await;
-                    drop(store);
-                    db.drop_db().await;
-                }
-            )*
-        }
-
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let file = crate::support::fresh_sqlite_path();
-                    let store = buktor::store::sqlite::SqliteStore::open(&file.path)
-                        .expect("open the test database");
-                    super::$case(&store).await;
-                }
-            )*
-        }
-    };
-}
-
-webhook_conformance!(
+crate::support::for_both_stores!(
     endpoints_round_trip_with_their_secrets,
     enqueue_moves_the_checkpoint_only_from_where_it_was,
     a_message_for_an_event_already_queued_at_an_endpoint_is_ignored,

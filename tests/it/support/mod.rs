@@ -27,3 +27,37 @@ pub fn fresh_sqlite_path() -> TestSqlite {
         _dir: dir,
     }
 }
+
+/// One test per case and backend: `mod postgres { case… }` on a fresh
+/// database of the test cluster, `mod sqlite { case… }` on a fresh file.
+/// Each case is `async fn case<S: Store>(store: &S)` in the calling module,
+/// beside an `async fn postgres_store(&TestDb) -> PostgresStore`.
+macro_rules! for_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = crate::support::pg::fresh_database().await;
+                    let store = super::postgres_store(&db).await;
+                    super::$case(&store).await;
+                    drop(store);
+                    db.drop_db().await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let file = crate::support::fresh_sqlite_path();
+                    let store = buktor::store::sqlite::SqliteStore::open(&file.path)
+                        .expect("open the test database");
+                    super::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use for_both_stores;

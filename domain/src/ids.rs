@@ -72,3 +72,18 @@ uuid_id!(
     /// An event's own id, unique per tenant: lets consumers deduplicate.
     EventId
 );
+uuid_id!(
+    /// A patient as the HIS knows them, for contact data and notification
+    /// preferences (Buktor keeps nothing clinical).
+    PatientId
+);
+
+/// A stable id for the HIS's id of one kind of record in one hospital, so
+/// the HIS never needs Buktor's ids and every instance maps alike.
+pub fn derived_uuid(tenant: TenantId, kind: &str, his_id: &str) -> Uuid {
+    // The OID namespace only seeds the hash; the name is what matters.
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("buktor/{tenant}/{kind}/{his_id}").as_bytes(),
+    )
+}

@@ -13,6 +13,7 @@ pub mod calendar;
 pub mod error;
 pub mod ids;
 pub mod metadata;
+pub mod patient;
 pub mod practitioner;
 pub mod schedule;
 pub mod service;

@@ -200,6 +200,53 @@ impl From<Email> for String {
     }
 }
 
+/// A language tag for what a patient reads (BCP 47 shape: `en`, `de`,
+/// `pt-BR`), kept lower-case in its first part so templates match it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Language(String);
+
+impl Language {
+    pub fn parse(raw: &str) -> DomainResult<Self> {
+        let s = raw.trim();
+        let mut parts = s.split('-');
+        let primary = parts.next().unwrap_or_default();
+        let primary_ok =
+            (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
+        let rest_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+        if !primary_ok || !rest_ok {
+            return Err(DomainError::invalid(
+                "language",
+                "must be a language tag such as en, de or pt-BR",
+            ));
+        }
+        let (head, tail) = s.split_at(primary.len());
+        Ok(Language(format!("{}{}", head.to_ascii_lowercase(), tail)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The language alone (`pt` for `pt-BR`), to fall back to.
+    pub fn primary(&self) -> &str {
+        self.0.split('-').next().unwrap_or(&self.0)
+    }
+}
+
+impl TryFrom<String> for Language {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Language::parse(&s)
+    }
+}
+
+impl From<Language> for String {
+    fn from(l: Language) -> String {
+        l.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +286,10 @@ mod tests {
         assert!(Email::parse("ada@@example.org").is_err());
         assert!(Email::parse("ada example@x.org").is_err());
         assert!(Email::parse("ada@localhost").is_err());
+        assert_eq!(Language::parse("PT-BR").unwrap().as_str(), "pt-BR");
+        assert_eq!(Language::parse("de").unwrap().primary(), "de");
+        assert!(Language::parse("english!").is_err());
+        assert!(Language::parse("").is_err());
     }
 
     #[test]

@@ -674,3 +674,38 @@ impl Scheduler {
         Ok(stream_id::<Schedule>(practitioner_id))
     }
 }
+
+/// Records a patient's contact data, language and opted-out channels, whole,
+/// under the id derived from the HIS's patient id. Notifications prefer it
+/// to the copy an appointment took at booking.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordPatientContact {
+    pub his_patient_id: buktor_domain::values::ShortText,
+    pub contact: buktor_domain::patient::PatientContact,
+}
+command!(
+    RecordPatientContact,
+    "recordPatientContact",
+    books,
+    record_patient_contact
+);
+
+impl RecordPatientContact {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        use buktor_domain::patient::{patient_id_for, Patient};
+        let id = patient_id_for(ctx.tenant, &self.his_patient_id);
+        s.decide_on(
+            ctx,
+            |s| &s.patients,
+            stream_id::<Patient>(id),
+            id.as_uuid(),
+            |state| state.record_contact(id, self.his_patient_id.clone(), self.contact.clone()),
+        )
+        .await
+    }
+}

@@ -181,6 +181,7 @@ pub struct Scheduler {
     schedules: AggregateCache<Schedule>,
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
+    patients: AggregateCache<buktor_domain::patient::Patient>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// This instance's appends, for the projection runners and the live
     /// feed (`crate::live`) to read a write at once rather than at their
@@ -260,6 +261,7 @@ impl Scheduler {
             schedules: AggregateCache::new(10_000),
             calendars: AggregateCache::new(50_000),
             appointments: AggregateCache::new(50_000),
+            patients: AggregateCache::new(50_000),
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

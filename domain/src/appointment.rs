@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::{DomainError, DomainResult};
-use crate::values::{PatientRef, Reason};
+use crate::values::{PatientRef, Reason, ShortText};
 use crate::{AppointmentId, PractitionerId, ServiceId};
 
 /// Check-in opens this long before the start.
@@ -62,6 +62,12 @@ pub enum AppointmentEvent {
         calendar_day: NaiveDate,
         patient: PatientRef,
         note: Option<Reason>,
+        /// The HIS's id, when the HIS sent the appointment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        his_appointment_id: Option<ShortText>,
+        /// Why Buktor's booking rules were overridden (by the HIS, with `force`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rules_overridden: Option<Reason>,
     },
     AppointmentRescheduled {
         appointment_id: AppointmentId,
@@ -72,6 +78,8 @@ pub enum AppointmentEvent {
         end: DateTime<Utc>,
         calendar_day: NaiveDate,
         reason: Option<Reason>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rules_overridden: Option<Reason>,
     },
     AppointmentCancelled {
         appointment_id: AppointmentId,
@@ -141,6 +149,7 @@ pub struct BookedAppointment {
     pub calendar_day: NaiveDate,
     pub patient: PatientRef,
     pub note: Option<Reason>,
+    pub his_appointment_id: Option<ShortText>,
     pub status: AppointmentStatus,
     pub cancellation: Option<(Reason, CancelledBy)>,
 }
@@ -165,6 +174,8 @@ impl Aggregate for Appointment {
             calendar_day,
             patient,
             note,
+            his_appointment_id,
+            ..
         } = event
         {
             self.booked = Some(BookedAppointment {
@@ -176,6 +187,7 @@ impl Aggregate for Appointment {
                 calendar_day: *calendar_day,
                 patient: patient.clone(),
                 note: note.clone(),
+                his_appointment_id: his_appointment_id.clone(),
                 status: AppointmentStatus::Booked,
                 cancellation: None,
             });

@@ -10,7 +10,7 @@ use crate::error::{DomainError, DomainResult};
 use crate::practitioner::Practitioner;
 use crate::schedule::Schedule;
 use crate::service::{DefinedService, Service};
-use crate::values::{PatientRef, Reason};
+use crate::values::{PatientRef, Reason, ShortText};
 use crate::{AppointmentId, PractitionerId, ServiceId};
 
 /// What a booking needs to know, loaded by the caller.
@@ -30,6 +30,11 @@ pub struct BookAppointment {
     pub start: DateTime<Utc>,
     pub patient: PatientRef,
     pub note: Option<Reason>,
+    pub his_appointment_id: Option<ShortText>,
+    /// Book even where Buktor's rules refuse (taken time, no availability,
+    /// notice, window), for this recorded reason. Only the HIS, the master
+    /// of its appointments, is offered this.
+    pub overriding: Option<Reason>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +44,7 @@ pub struct RescheduleAppointment {
     pub practitioner_id: Option<PractitionerId>,
     pub start: DateTime<Utc>,
     pub reason: Option<Reason>,
+    pub overriding: Option<Reason>,
 }
 
 /// Events to append, per stream, all in one atomic write.
@@ -55,15 +61,27 @@ fn bookable_hold(
     practitioner_id: PractitionerId,
     service_id: ServiceId,
     start: DateTime<Utc>,
+    overriding: bool,
 ) -> DomainResult<Hold> {
     let practitioner = ctx.practitioner.get(practitioner_id)?;
-    if !practitioner.active {
-        return Err(DomainError::PractitionerInactive(practitioner_id));
-    }
     let DefinedService {
         details, active, ..
     } = ctx.service.get(service_id)?;
-    if !active {
+    let hold = Hold {
+        service_id,
+        start,
+        end: start + details.duration.duration(),
+        buffer_before: details.buffer_before,
+        buffer_after: details.buffer_after,
+        capacity: details.capacity,
+    };
+    if overriding {
+        return Ok(hold);
+    }
+    if !practitioner.active {
+        return Err(DomainError::PractitionerInactive(practitioner_id));
+    }
+    if !*active {
         return Err(DomainError::ServiceInactive(service_id));
     }
     if !details.practitioners.contains(&practitioner_id) {
@@ -86,18 +104,24 @@ fn bookable_hold(
     if !ctx.schedule.offers(start, details.duration) {
         return Err(DomainError::OutsideAvailability { start });
     }
-    let hold = Hold {
-        service_id,
-        start,
-        end: start + details.duration.duration(),
-        buffer_before: details.buffer_before,
-        buffer_after: details.buffer_after,
-        capacity: details.capacity,
-    };
     if !hold.within_day(ctx.schedule) {
         return Err(DomainError::OutsideAvailability { start });
     }
     Ok(hold)
+}
+
+fn hold_on(
+    calendar: &CalendarDay,
+    practitioner_id: PractitionerId,
+    appointment_id: AppointmentId,
+    hold: Hold,
+    overriding: bool,
+) -> DomainResult<CalendarEvent> {
+    if overriding {
+        Ok(calendar.overbook(practitioner_id, appointment_id, hold))
+    } else {
+        calendar.hold(practitioner_id, appointment_id, hold)
+    }
 }
 
 /// The calendar stream a booking at `start` with `practitioner` goes to.
@@ -118,10 +142,17 @@ pub fn book(
     if existing.booked.is_some() {
         return Err(DomainError::AppointmentAlreadyExists(cmd.appointment_id));
     }
-    let hold = bookable_hold(ctx, cmd.practitioner_id, cmd.service_id, cmd.start)?;
+    let overriding = cmd.overriding.is_some();
+    let hold = bookable_hold(
+        ctx,
+        cmd.practitioner_id,
+        cmd.service_id,
+        cmd.start,
+        overriding,
+    )?;
     let day = ctx.schedule.local_date(cmd.start);
     let end = hold.end;
-    let held = calendar.hold(cmd.practitioner_id, cmd.appointment_id, hold)?;
+    let held = hold_on(calendar, cmd.practitioner_id, cmd.appointment_id, hold, overriding)?;
     Ok(Decision {
         calendar: vec![(calendar_stream(cmd.practitioner_id, day), vec![held])],
         appointment: AppointmentEvent::AppointmentBooked {
@@ -133,6 +164,8 @@ pub fn book(
             calendar_day: day,
             patient: cmd.patient,
             note: cmd.note,
+            his_appointment_id: cmd.his_appointment_id,
+            rules_overridden: cmd.overriding,
         },
     })
 }
@@ -151,7 +184,14 @@ pub fn reschedule(
     if practitioner_id == current.practitioner_id && cmd.start == current.start {
         return Err(DomainError::SameTime { start: cmd.start });
     }
-    let hold = bookable_hold(ctx, practitioner_id, current.service_id, cmd.start)?;
+    let overriding = cmd.overriding.is_some();
+    let hold = bookable_hold(
+        ctx,
+        practitioner_id,
+        current.service_id,
+        cmd.start,
+        overriding,
+    )?;
     let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
     let new_day = ctx.schedule.local_date(cmd.start);
     let new_stream = calendar_stream(practitioner_id, new_day);
@@ -159,7 +199,7 @@ pub fn reschedule(
     let released = old_calendar.release(current.practitioner_id, cmd.appointment_id);
     let calendar = match new_calendar {
         None if new_stream == old_stream => {
-            let held = old_calendar.hold(practitioner_id, cmd.appointment_id, hold)?;
+            let held = hold_on(old_calendar, practitioner_id, cmd.appointment_id, hold, overriding)?;
             vec![(old_stream, released.into_iter().chain([held]).collect())]
         }
         None => {
@@ -170,7 +210,7 @@ pub fn reschedule(
         }
         Some(target) => {
             // A different stream: the appointment's old hold is not in it.
-            let held = target.hold(practitioner_id, cmd.appointment_id, hold)?;
+            let held = hold_on(target, practitioner_id, cmd.appointment_id, hold, overriding)?;
             vec![
                 (old_stream, released.into_iter().collect()),
                 (new_stream, vec![held]),
@@ -188,6 +228,7 @@ pub fn reschedule(
             end,
             calendar_day: new_day,
             reason: cmd.reason,
+            rules_overridden: cmd.overriding,
         },
     })
 }

@@ -110,11 +110,23 @@ impl CalendarDay {
         hold: Hold,
     ) -> DomainResult<CalendarEvent> {
         self.check_free(Some(appointment_id), &hold)?;
-        Ok(CalendarEvent::SlotHeld {
+        Ok(self.overbook(practitioner_id, appointment_id, hold))
+    }
+
+    /// Holds the time whether or not it is free: the HIS's override, after
+    /// which the day is simply fuller than it should be and offers nothing
+    /// that overlaps it.
+    pub fn overbook(
+        &self,
+        practitioner_id: PractitionerId,
+        appointment_id: AppointmentId,
+        hold: Hold,
+    ) -> CalendarEvent {
+        CalendarEvent::SlotHeld {
             practitioner_id,
             appointment_id,
             hold,
-        })
+        }
     }
 
     pub fn release(

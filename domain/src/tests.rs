@@ -98,6 +98,8 @@ impl World {
                 email: None,
             },
             note: None,
+            his_appointment_id: None,
+            overriding: None,
         }
     }
     /// Books and returns the appointment and the calendar with the booking applied.
@@ -271,6 +273,7 @@ fn reschedule_within_the_day_moves_the_hold_in_one_stream() {
             practitioner_id: None,
             start: tue(9, 15),
             reason: None,
+            overriding: None,
         },
     )
     .unwrap();
@@ -293,6 +296,7 @@ fn reschedule_within_the_day_moves_the_hold_in_one_stream() {
                 practitioner_id: None,
                 start: tue(9, 0),
                 reason: None,
+                overriding: None,
             }
         )),
         "SAME_TIME"
@@ -314,6 +318,7 @@ fn reschedule_to_another_day_releases_and_holds_in_two_streams() {
         practitioner_id: None,
         start,
         reason: None,
+        overriding: None,
     };
     assert_eq!(
         code(booking::reschedule(
@@ -401,6 +406,8 @@ fn appointment_event(a: &Appointment) -> AppointmentEvent {
         calendar_day: b.calendar_day,
         patient: b.patient.clone(),
         note: None,
+        his_appointment_id: None,
+        rules_overridden: None,
     }
 }
 
@@ -566,4 +573,82 @@ fn a_service_defined_before_services_had_his_ids_still_decodes() {
     let back: crate::service::ServiceEvent =
         decode(&encoded.event_type, encoded.schema_version, encoded.payload).unwrap();
     assert_eq!(back, event);
+}
+
+#[test]
+fn an_override_books_what_the_rules_refuse_and_records_why() {
+    let w = world();
+    let (_, busy) = w.booked(tue(9, 0), &CalendarDay::default());
+    let because = Reason::parse("forceReason", "HIS master record").unwrap();
+    let overriding = |start| BookAppointment {
+        overriding: Some(because.clone()),
+        ..w.cmd(start)
+    };
+    // Taken time and a time outside every rule (midnight, Sunday).
+    assert_eq!(
+        code(booking::book(&w.ctx(), &Appointment::default(), &busy, w.cmd(tue(9, 0)))),
+        "SLOT_TAKEN"
+    );
+    let d = booking::book(&w.ctx(), &Appointment::default(), &busy, overriding(tue(9, 0)))
+        .unwrap();
+    match &d.appointment {
+        AppointmentEvent::AppointmentBooked {
+            rules_overridden, ..
+        } => assert_eq!(rules_overridden.as_ref(), Some(&because)),
+        other => panic!("expected a booking, got {other:?}"),
+    }
+    let mut overbooked = busy.clone();
+    overbooked.apply(&d.calendar[0].1[0]);
+    assert_eq!(overbooked.holds.len(), 2);
+    let night = TZ
+        .with_ymd_and_hms(2026, 12, 6, 0, 0, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    assert_eq!(
+        code(booking::book(&w.ctx(), &Appointment::default(), &CalendarDay::default(), w.cmd(night))),
+        "OUTSIDE_AVAILABILITY"
+    );
+    assert!(booking::book(
+        &w.ctx(),
+        &Appointment::default(),
+        &CalendarDay::default(),
+        overriding(night)
+    )
+    .is_ok());
+    // An unknown service is not a rule to override.
+    let unknown = BookAppointment {
+        service_id: crate::ServiceId::new(),
+        ..overriding(tue(10, 0))
+    };
+    assert_eq!(
+        code(booking::book(&w.ctx(), &Appointment::default(), &CalendarDay::default(), unknown)),
+        "SERVICE_NOT_FOUND"
+    );
+}
+
+#[test]
+fn patient_contact_is_recorded_once_per_change() {
+    use crate::patient::{patient_id_for, Channel, Patient, PatientContact};
+    use crate::values::{Email, Language};
+    let tenant = crate::TenantId::new();
+    let his = ShortText::parse("patientId", "P-77").unwrap();
+    let id = patient_id_for(tenant, &his);
+    assert_eq!(id, patient_id_for(tenant, &his), "derived ids are stable");
+    assert_ne!(id, patient_id_for(crate::TenantId::new(), &his));
+    let contact = PatientContact {
+        name: None,
+        phone: None,
+        email: Some(Email::parse("p@example.org").unwrap()),
+        language: Some(Language::parse("nl").unwrap()),
+        opted_out: vec![Channel::Sms],
+    };
+    let events = Patient::default()
+        .record_contact(id, his.clone(), contact.clone())
+        .unwrap();
+    let patient = Patient::from_events(&events);
+    assert!(!patient.known.as_ref().unwrap().contact.allows(Channel::Sms));
+    assert!(patient
+        .record_contact(id, his.clone(), contact)
+        .unwrap()
+        .is_empty());
 }

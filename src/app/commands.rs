@@ -9,7 +9,7 @@ use buktor_domain::calendar::calendar_stream;
 use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
 use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
 use buktor_domain::service::{Service, ServiceDetails};
-use buktor_domain::values::{PatientRef, Reason};
+use buktor_domain::values::{PatientRef, Reason, ShortText};
 use buktor_domain::{AppointmentId, PractitionerId, Role, ServiceId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -348,6 +348,9 @@ pub struct Book {
     pub start: DateTime<Utc>,
     pub patient: PatientRef,
     pub note: Option<Reason>,
+    pub his_appointment_id: Option<ShortText>,
+    /// See `BookAppointment::overriding`.
+    pub overriding: Option<Reason>,
 }
 // Bookings of one practitioner-day race on its calendar stream.
 command!(Book, "bookAppointment", books, book, |c, ctx| Some(
@@ -400,6 +403,8 @@ impl Book {
                 start: self.start,
                 patient: self.patient.clone(),
                 note: self.note.clone(),
+                his_appointment_id: self.his_appointment_id.clone(),
+                overriding: self.overriding.clone(),
             },
         )?;
         let calendar_id = calendar_stream(self.practitioner_id, day);
@@ -438,6 +443,7 @@ pub struct Reschedule {
     pub practitioner_id: Option<PractitionerId>,
     pub start: DateTime<Utc>,
     pub reason: Option<Reason>,
+    pub overriding: Option<Reason>,
 }
 command!(Reschedule, "rescheduleAppointment", books, reschedule);
 
@@ -487,6 +493,7 @@ impl Reschedule {
                 practitioner_id: self.practitioner_id,
                 start: self.start,
                 reason: self.reason.clone(),
+                overriding: self.overriding.clone(),
             },
         )?;
         let mut streams = Vec::new();

@@ -531,6 +531,8 @@ async fn book_in_process(
                     start,
                     patient: patient(i)?,
                     note: None,
+                    his_appointment_id: None,
+                    overriding: None,
                 };
                 let started = Instant::now();
                 let outcome = scheduler
@@ -1374,6 +1376,8 @@ mod read_bench {
                             start,
                             patient: super::patient(bookings)?,
                             note: None,
+                            his_appointment_id: None,
+                            overriding: None,
                         },
                     )?;
                     let metadata = serde_json::to_value(EventMetadata {

@@ -741,6 +741,8 @@ async fn create_appointment(
                         start,
                         patient,
                         note,
+                        his_appointment_id: None,
+                        overriding: None,
                     },
                 )
                 .await?;
@@ -833,6 +835,7 @@ async fn update(
                             .then_some(practitioner),
                         start,
                         reason: None,
+                        overriding: None,
                     },
                 )
                 .await?,

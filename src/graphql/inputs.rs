@@ -321,6 +321,8 @@ impl BookInput {
                 .filter(|s| !s.trim().is_empty())
                 .map(|n| parse_reason("note", n))
                 .transpose()?,
+            his_appointment_id: None,
+            overriding: None,
         })
     }
 }

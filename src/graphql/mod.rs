@@ -404,6 +404,7 @@ impl CoreMutation {
                 .transpose()?,
             start,
             reason: reason.map(|r| parse_reason("reason", &r)).transpose()?,
+            overriding: None,
         };
         let c = command_context(ctx, idempotency_key)?;
         done(scheduler(ctx).reschedule(&c, &cmd)).await

@@ -205,6 +205,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
                 start,
                 patient: super::patient(i)?,
                 note: None,
+                his_appointment_id: None,
+                overriding: None,
             };
             scheduler.book(&ctx, &command).await?;
             anyhow::Ok(())

@@ -61,6 +61,13 @@ pub enum DomainError {
     SameTime { start: DateTime<Utc> },
     #[error("schedule exception {0} does not exist")]
     ExceptionNotFound(uuid::Uuid),
+    #[error("version {received} of this HIS record is not newer than the applied version {applied}")]
+    HisVersionNotNewer { applied: String, received: String },
+    #[error("this HIS record's versions are {applied}, not {received}")]
+    HisVersionKindChanged {
+        applied: &'static str,
+        received: &'static str,
+    },
 }
 
 impl DomainError {
@@ -94,6 +101,8 @@ impl DomainError {
             DomainError::NotStartedYet { .. } => "NOT_STARTED_YET",
             DomainError::SameTime { .. } => "SAME_TIME",
             DomainError::ExceptionNotFound(_) => "EXCEPTION_NOT_FOUND",
+            DomainError::HisVersionNotNewer { .. } => "STALE_VERSION",
+            DomainError::HisVersionKindChanged { .. } => "VERSION_KIND_CHANGED",
         }
     }
 

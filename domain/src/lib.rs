@@ -11,6 +11,7 @@ pub mod appointment;
 pub mod booking;
 pub mod calendar;
 pub mod error;
+pub mod his;
 pub mod ids;
 pub mod metadata;
 pub mod patient;

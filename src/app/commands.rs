@@ -646,7 +646,7 @@ impl Scheduler {
         })
     }
 
-    async fn ensure_practitioners_exist(
+    pub(super) async fn ensure_practitioners_exist(
         &self,
         ctx: &CommandContext,
         details: &ServiceDetails,
@@ -665,7 +665,7 @@ impl Scheduler {
     }
 
     /// A schedule belongs to a registered practitioner.
-    async fn schedule_stream_of_existing(
+    pub(super) async fn schedule_stream_of_existing(
         &self,
         ctx: &CommandContext,
         practitioner_id: PractitionerId,

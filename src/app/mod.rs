@@ -10,9 +10,11 @@
 //! with `SLOT_TAKEN`).
 mod cache;
 mod commands;
+mod his;
 mod queries;
 
 pub use commands::*;
+pub use his::*;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,6 +184,7 @@ pub struct Scheduler {
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
     patients: AggregateCache<buktor_domain::patient::Patient>,
+    his_records: AggregateCache<buktor_domain::his::HisRecord>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// This instance's appends, for the projection runners and the live
     /// feed (`crate::live`) to read a write at once rather than at their
@@ -262,6 +265,7 @@ impl Scheduler {
             calendars: AggregateCache::new(50_000),
             appointments: AggregateCache::new(50_000),
             patients: AggregateCache::new(50_000),
+            his_records: AggregateCache::new(50_000),
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

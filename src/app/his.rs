@@ -1,0 +1,320 @@
+//! Commands as the HIS sends them: keyed by the HIS's own ids, each carrying
+//! the HIS's version of the record. `HisVersioned` wraps a change with the
+//! record's version guard (`buktor_domain::his`), appended in the same
+//! atomic write, so an older version never rolls a newer one back, on any
+//! number of instances. The upserts decide, on the state they load, whether
+//! the HIS's record means a creation, a change or nothing, so a retry after
+//! a lost race decides afresh.
+use buktor_domain::appointment::{Appointment, AppointmentStatus};
+use buktor_domain::booking::stream_id;
+use buktor_domain::his::{his_record_stream, HisRecordKind, HisVersion};
+use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
+use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
+use buktor_domain::service::{Service, ServiceDetails};
+use buktor_domain::values::{PatientRef, Reason, ShortText};
+use buktor_domain::{
+    Aggregate, AppointmentId, DomainError, PractitionerId, Role, ServiceId, TenantId,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{
+    AppResult, Book, Cancel, Command, CommandContext, CommandOutcome, Decided, Pending,
+    RecordAttendance, RecordPatientContact, Reschedule, Scheduler,
+};
+
+/// A change from the HIS to one of its records, at the HIS's version.
+#[derive(Debug, Clone, Serialize)]
+pub struct HisVersioned<C> {
+    pub kind: HisRecordKind,
+    pub his_id: ShortText,
+    pub version: HisVersion,
+    /// Why Buktor's rules may be overridden, when the HIS forces the change.
+    pub overriding: Option<Reason>,
+    pub change: C,
+}
+
+impl<C> HisVersioned<C> {
+    /// Buktor's id of the record in `tenant`.
+    pub fn buktor_id(&self, tenant: TenantId) -> Uuid {
+        self.kind.buktor_id(tenant, &self.his_id)
+    }
+}
+
+impl<C: Command> Command for HisVersioned<C> {
+    const NAME: &'static str = C::NAME;
+
+    fn allowed(role: Role) -> bool {
+        role == Role::HisSystem && C::allowed(role)
+    }
+
+    fn contention_key(&self, ctx: &CommandContext) -> Option<String> {
+        self.change.contention_key(ctx)
+    }
+
+    async fn decide(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+    ) -> AppResult<Decided> {
+        let stream = his_record_stream(self.kind, self.buktor_id(ctx.tenant));
+        let guard = s.load(ctx.tenant, &s.his_records, &stream).await?;
+        // Checked first: a stale version is acknowledged without looking further.
+        let applied = guard.state.apply_version(
+            self.kind,
+            self.his_id.clone(),
+            self.version,
+            self.overriding.clone(),
+        )?;
+        let mut decided = self.change.decide(s, ctx, new_id).await?;
+        decided.streams.push(Pending::new(
+            ctx.tenant,
+            stream,
+            guard,
+            vec![applied],
+            |s| &s.his_records,
+        ));
+        Ok(decided)
+    }
+}
+
+/// The appointment as the HIS has it now: booked if Buktor does not know
+/// it, moved if its time or practitioner changed, otherwise unchanged.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpsertHisAppointment {
+    pub his_appointment_id: ShortText,
+    pub practitioner_id: PractitionerId,
+    pub service_id: ServiceId,
+    pub start: DateTime<Utc>,
+    pub patient: PatientRef,
+    pub note: Option<Reason>,
+    pub overriding: Option<Reason>,
+}
+
+impl Command for UpsertHisAppointment {
+    const NAME: &'static str = "hisUpsertAppointment";
+
+    fn allowed(role: Role) -> bool {
+        role.can_write_appointments()
+    }
+
+    async fn decide(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+    ) -> AppResult<Decided> {
+        let id = AppointmentId::from_uuid(
+            HisRecordKind::Appointment.buktor_id(ctx.tenant, &self.his_appointment_id),
+        );
+        let current = s
+            .load(ctx.tenant, &s.appointments, &stream_id::<Appointment>(id))
+            .await?;
+        let Some(booked) = &current.state.booked else {
+            let book = Book {
+                appointment_id: Some(id),
+                practitioner_id: self.practitioner_id,
+                service_id: self.service_id,
+                start: self.start,
+                patient: self.patient.clone(),
+                note: self.note.clone(),
+                his_appointment_id: Some(self.his_appointment_id.clone()),
+                overriding: self.overriding.clone(),
+            };
+            return book.decide(s, ctx, new_id).await;
+        };
+        if booked.service_id != self.service_id {
+            return Err(DomainError::invalid(
+                "serviceId",
+                "an appointment keeps its service; cancel it and send a new appointment",
+            )
+            .into());
+        }
+        if booked.start == self.start && booked.practitioner_id == self.practitioner_id {
+            return Ok(Decided {
+                id: id.as_uuid(),
+                streams: Vec::new(),
+            });
+        }
+        if booked.status != AppointmentStatus::Booked {
+            return Err(DomainError::InvalidTransition {
+                action: "reschedule",
+                status: booked.status.as_str(),
+            }
+            .into());
+        }
+        Reschedule {
+            appointment_id: id,
+            practitioner_id: Some(self.practitioner_id),
+            start: self.start,
+            reason: None,
+            overriding: self.overriding.clone(),
+        }
+        .decide(s, ctx, new_id)
+        .await
+    }
+}
+
+/// A practitioner as the HIS has it now, active or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpsertHisPractitioner {
+    pub details: PractitionerDetails,
+    pub active: bool,
+}
+
+impl Command for UpsertHisPractitioner {
+    const NAME: &'static str = "hisUpsertPractitioner";
+
+    fn allowed(role: Role) -> bool {
+        role.can_configure()
+    }
+
+    async fn decide(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let his_id = self
+            .details
+            .external_id
+            .as_ref()
+            .ok_or_else(|| DomainError::invalid("hisId", "is required"))?;
+        let id =
+            PractitionerId::from_uuid(HisRecordKind::Practitioner.buktor_id(ctx.tenant, his_id));
+        let stream = stream_id::<Practitioner>(id);
+        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
+        let mut state = current.state.clone();
+        let mut events = if state.registered.is_some() {
+            state.update(id, self.details.clone())?
+        } else {
+            state.register(id, self.details.clone())?
+        };
+        events.iter().for_each(|e| state.apply(e));
+        events.extend(state.set_active(id, self.active)?);
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.practitioners
+            })],
+        })
+    }
+}
+
+/// A service as the HIS has it now, active or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpsertHisService {
+    pub details: ServiceDetails,
+    pub active: bool,
+}
+
+impl Command for UpsertHisService {
+    const NAME: &'static str = "hisUpsertService";
+
+    fn allowed(role: Role) -> bool {
+        role.can_configure()
+    }
+
+    async fn decide(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let his_id = self
+            .details
+            .external_id
+            .as_ref()
+            .ok_or_else(|| DomainError::invalid("hisId", "is required"))?;
+        let id = ServiceId::from_uuid(HisRecordKind::Service.buktor_id(ctx.tenant, his_id));
+        s.ensure_practitioners_exist(ctx, &self.details).await?;
+        let stream = stream_id::<Service>(id);
+        let current = s.load(ctx.tenant, &s.services, &stream).await?;
+        let mut state = current.state.clone();
+        let mut events = if state.get(id).is_ok() {
+            state.update(id, self.details.clone())?
+        } else {
+            state.define(id, self.details.clone())?
+        };
+        events.iter().for_each(|e| state.apply(e));
+        events.extend(state.set_active(id, self.active)?);
+        Ok(Decided {
+            id: id.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.services
+            })],
+        })
+    }
+}
+
+/// A practitioner's whole schedule as the HIS has it: the weekly rules and
+/// every exception. Exceptions Buktor has that the HIS no longer sends are
+/// removed; changed ones are replaced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplaceHisSchedule {
+    pub practitioner_id: PractitionerId,
+    pub rules: Vec<WeeklyRule>,
+    pub exceptions: Vec<ScheduleException>,
+}
+
+impl Command for ReplaceHisSchedule {
+    const NAME: &'static str = "hisReplaceSchedule";
+
+    fn allowed(role: Role) -> bool {
+        role.can_configure()
+    }
+
+    async fn decide(&self, s: &Scheduler, ctx: &CommandContext, _: Uuid) -> AppResult<Decided> {
+        let stream = s
+            .schedule_stream_of_existing(ctx, self.practitioner_id)
+            .await?;
+        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
+        let p = self.practitioner_id;
+        let mut state: Schedule = current.state.clone();
+        let mut events = state.set_weekly_rules(p, ctx.time_zone, self.rules.clone())?;
+        events.iter().for_each(|e| state.apply(e));
+        let stale: Vec<Uuid> = state
+            .exceptions
+            .iter()
+            .filter(|(id, existing)| {
+                !self
+                    .exceptions
+                    .iter()
+                    .any(|e| e.id == **id && e == *existing)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            for e in state.remove_exception(p, id)? {
+                state.apply(&e);
+                events.push(e);
+            }
+        }
+        for exception in &self.exceptions {
+            for e in state.add_exception(p, exception.clone())? {
+                state.apply(&e);
+                events.push(e);
+            }
+        }
+        Ok(Decided {
+            id: p.as_uuid(),
+            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
+                &s.schedules
+            })],
+        })
+    }
+}
+
+macro_rules! his_command {
+    ($method:ident, $change:ty) => {
+        impl Scheduler {
+            pub async fn $method(
+                &self,
+                ctx: &CommandContext,
+                command: &HisVersioned<$change>,
+            ) -> AppResult<CommandOutcome> {
+                self.run(ctx, command).await
+            }
+        }
+    };
+}
+
+his_command!(his_upsert_appointment, UpsertHisAppointment);
+his_command!(his_cancel_appointment, Cancel);
+his_command!(his_record_attendance, RecordAttendance);
+his_command!(his_upsert_practitioner, UpsertHisPractitioner);
+his_command!(his_upsert_service, UpsertHisService);
+his_command!(his_replace_schedule, ReplaceHisSchedule);
+his_command!(his_record_patient_contact, RecordPatientContact);

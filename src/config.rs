@@ -33,6 +33,72 @@ pub struct Config {
     /// that need "later today" now; a warning is logged when it is not 0.
     pub clock_offset_secs: i64,
     pub webhooks: Webhooks,
+    pub notifications: Notifications,
+}
+
+/// Patient notifications and reminders (`docs/notifications.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Notifications {
+    /// Whether this instance plans and sends notifications. Several
+    /// instances may: the planner runs on one at a time, each timer is
+    /// leased to one sender at a time.
+    pub dispatch: bool,
+    /// The SMTP server; unset = no e-mail (e-mails due are recorded as skipped).
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// `none` (plain, for a local relay), `starttls` or `tls` (implicit TLS).
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<Secret>,
+    /// The sender, e.g. `Hospital <noreply@hospital.example>`.
+    pub from: String,
+    /// Signs the requests to SMS gateways; each hospital's secret is derived
+    /// from it. Unset = no SMS.
+    pub sms_signing_key: Option<Secret>,
+    /// How long one send (SMTP or HTTP) may take.
+    pub send_timeout_ms: u64,
+    /// How long a claimed timer stays leased to this instance.
+    pub lease_ms: u64,
+    /// The pauses after the 1st, 2nd, … failed attempt; the last one repeats.
+    pub retry_delays_ms: Vec<u64>,
+    /// Attempts, the first included, before a notification is recorded as failed.
+    pub max_attempts: u32,
+    /// How often to look for due timers when idle.
+    pub poll_ms: u64,
+    /// Sends in flight at once on this instance.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        const S: u64 = 1000;
+        Notifications {
+            dispatch: true,
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+            from: "Buktor <noreply@localhost>".into(),
+            sms_signing_key: None,
+            send_timeout_ms: 10 * S,
+            lease_ms: 60 * S,
+            // 1 min, 5 min, 15 min, 1 h.
+            retry_delays_ms: vec![60 * S, 300 * S, 900 * S, 3600 * S],
+            max_attempts: 5,
+            poll_ms: 1000,
+            max_in_flight: 16,
+        }
+    }
 }
 
 /// Push delivery to HIS endpoints (`docs/webhooks.md`).
@@ -133,6 +199,7 @@ impl Default for Config {
             },
             clock_offset_secs: 0,
             webhooks: Webhooks::default(),
+            notifications: Notifications::default(),
         }
     }
 }
@@ -214,6 +281,30 @@ impl Config {
             return Err(ConfigError::Rule(
                 "webhooks: retry_delays_ms needs an entry; max_attempts, max_in_flight, \
                  max_in_flight_per_endpoint and poll_ms must be at least 1"
+                    .into(),
+            ));
+        }
+        let n = &self.notifications;
+        if n.send_timeout_ms == 0 || n.lease_ms < 2 * n.send_timeout_ms {
+            return Err(ConfigError::Rule(
+                "notifications.lease_ms must be at least twice notifications.send_timeout_ms (> 0)"
+                    .into(),
+            ));
+        }
+        if n.retry_delays_ms.is_empty()
+            || n.max_attempts == 0
+            || n.poll_ms == 0
+            || n.max_in_flight == 0
+        {
+            return Err(ConfigError::Rule(
+                "notifications: retry_delays_ms needs an entry; max_attempts, poll_ms and \
+                 max_in_flight must be at least 1"
+                    .into(),
+            ));
+        }
+        if n.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError::Rule(
+                "notifications.from must be a mailbox such as `Hospital <noreply@hospital.example>`"
                     .into(),
             ));
         }

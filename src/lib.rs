@@ -18,6 +18,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod middleware;
+pub mod notifications;
 pub mod projection;
 pub mod ratelimit;
 pub mod store;

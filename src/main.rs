@@ -68,6 +68,21 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Patient notifications (docs/notifications.md).
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotificationsCommand {
+    /// Print the secret a hospital's SMS gateway checks Buktor's signatures
+    /// with (derived from notifications.sms_signing_key).
+    SmsSecret {
+        #[arg(long)]
+        tenant: TenantId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +223,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Serve { demo } => serve(config, demo).await,
         Command::Audit { command } => audit_command(&config, command).await,
+        Command::Notifications {
+            command: NotificationsCommand::SmsSecret { tenant },
+        } => {
+            let sms = buktor::notifications::channels::SmsSender::new(&config.notifications)?;
+            let secret = sms.secret_for(tenant).ok_or_else(|| {
+                anyhow::anyhow!("notifications.sms_signing_key is not set: there is no SMS secret")
+            })?;
+            println!("{}", secret.expose());
+            Ok(())
+        }
     }
 }
 
@@ -315,6 +340,12 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
         state.scheduler.append_signal().clone(),
         runners_stop.clone(),
     );
+    let notifications = buktor::notifications::spawn(
+        store.clone(),
+        state.scheduler.clone(),
+        &config.notifications,
+        runners_stop.clone(),
+    )?;
     let webhooks = buktor::webhooks::spawn(
         store.clone(),
         &config.webhooks,
@@ -339,7 +370,7 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
     let sealer = audit::spawn_sealer(audit_log);
     let served = app.run_until_stopped().await;
     let _ = stop_runners.send(true);
-    for runner in runners.into_iter().chain(webhooks) {
+    for runner in runners.into_iter().chain(webhooks).chain(notifications) {
         let _ = runner.await;
     }
     sealer.stop().await;

@@ -11,10 +11,12 @@
 mod cache;
 mod commands;
 mod his;
+mod notification_settings;
 mod queries;
 
 pub use commands::*;
 pub use his::*;
+pub use notification_settings::*;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,6 +186,7 @@ pub struct Scheduler {
     calendars: AggregateCache<CalendarDay>,
     appointments: AggregateCache<Appointment>,
     patients: AggregateCache<buktor_domain::patient::Patient>,
+    notification_settings: AggregateCache<crate::notifications::settings::NotificationSettings>,
     his_records: AggregateCache<buktor_domain::his::HisRecord>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// This instance's appends, for the projection runners and the live
@@ -265,6 +268,7 @@ impl Scheduler {
             calendars: AggregateCache::new(50_000),
             appointments: AggregateCache::new(50_000),
             patients: AggregateCache::new(50_000),
+            notification_settings: AggregateCache::new(1_000),
             his_records: AggregateCache::new(50_000),
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))

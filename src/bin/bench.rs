@@ -963,6 +963,9 @@ impl buktor::store::Store for CountingStore {
     fn webhooks(&self) -> &dyn buktor::store::webhooks::WebhookStore {
         self.inner.webhooks()
     }
+    fn reminders(&self) -> &dyn buktor::store::reminders::ReminderStore {
+        self.inner.reminders()
+    }
 }
 
 #[async_trait::async_trait]
@@ -1670,6 +1673,9 @@ mod read_bench {
         }
         fn webhooks(&self) -> &dyn buktor::store::webhooks::WebhookStore {
             self.inner.webhooks()
+        }
+        fn reminders(&self) -> &dyn buktor::store::reminders::ReminderStore {
+            self.inner.reminders()
         }
     }
 

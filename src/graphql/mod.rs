@@ -6,6 +6,7 @@
 //! detail (the cause is logged with the request id).
 mod events;
 mod inputs;
+mod notifications;
 mod read;
 mod slot_changes;
 mod subscriptions;
@@ -163,6 +164,7 @@ pub struct QueryRoot(
     EventsQuery,
     read::ReadQuery,
     webhooks::WebhookQuery,
+    notifications::NotificationQuery,
 );
 
 #[derive(Default)]
@@ -239,7 +241,11 @@ impl CoreQuery {
 
 /// Every mutation.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(CoreMutation, webhooks::WebhookMutation);
+pub struct MutationRoot(
+    CoreMutation,
+    webhooks::WebhookMutation,
+    notifications::NotificationMutation,
+);
 
 #[derive(Default)]
 pub struct CoreMutation;

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub mod postgres;
 pub mod read_models;
+pub mod reminders;
 pub mod sqlite;
 pub mod webhooks;
 
@@ -307,6 +308,7 @@ pub trait Directory: Send + Sync + 'static {
 pub trait Store: EventStore + Directory {
     fn read_models(&self) -> &dyn ReadModelStore;
     fn webhooks(&self) -> &dyn webhooks::WebhookStore;
+    fn reminders(&self) -> &dyn reminders::ReminderStore;
 }
 
 impl Store for postgres::PostgresStore {
@@ -316,6 +318,9 @@ impl Store for postgres::PostgresStore {
     fn webhooks(&self) -> &dyn webhooks::WebhookStore {
         self
     }
+    fn reminders(&self) -> &dyn reminders::ReminderStore {
+        self
+    }
 }
 
 impl Store for sqlite::SqliteStore {
@@ -323,6 +328,9 @@ impl Store for sqlite::SqliteStore {
         self
     }
     fn webhooks(&self) -> &dyn webhooks::WebhookStore {
+        self
+    }
+    fn reminders(&self) -> &dyn reminders::ReminderStore {
         self
     }
 }

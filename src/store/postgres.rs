@@ -57,6 +57,7 @@ use uuid::Uuid;
 
 mod audit_chain;
 mod read_models;
+mod reminders;
 mod webhooks;
 
 use super::{
@@ -86,6 +87,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_webhooks",
         include_str!("../../migrations/postgres/0005_webhooks.sql"),
+    ),
+    (
+        "0006_reminders",
+        include_str!("../../migrations/postgres/0006_reminders.sql"),
     ),
 ];
 

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 mod audit_chain;
 mod read_models;
+mod reminders;
 mod webhooks;
 
 use super::{
@@ -48,6 +49,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_webhooks",
         include_str!("../../migrations/sqlite/0004_webhooks.sql"),
+    ),
+    (
+        "0005_reminders",
+        include_str!("../../migrations/sqlite/0005_reminders.sql"),
     ),
 ];
 

@@ -108,6 +108,7 @@ impl Application {
                 .route("/events", web::get().to(crate::feed::page))
                 .route("/events/stream", web::get().to(crate::feed::stream))
                 .service(web::scope("/fhir/r4").configure(crate::fhir::configure))
+                .service(web::scope("/his/v1").configure(crate::his::configure))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -435,7 +436,7 @@ fn with_quota(mut res: HttpResponse, q: &Quota) -> HttpResponse {
 }
 
 /// Reads the body up to the configured limit.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, HttpResponse> {
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, HttpResponse> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod feed;
 pub mod fhir;
 pub mod graphql;
+pub mod his;
 pub mod http;
 pub mod live;
 pub mod metrics;

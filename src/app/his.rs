@@ -109,6 +109,26 @@ impl Command for UpsertHisAppointment {
         let id = AppointmentId::from_uuid(
             HisRecordKind::Appointment.buktor_id(ctx.tenant, &self.his_appointment_id),
         );
+        // A booking that another instance made between this read and the
+        // booking's own read is seen on the next turn, as a move.
+        for _ in 0..3 {
+            match self.decide_once(s, ctx, new_id, id).await {
+                Err(super::AppError::Domain(DomainError::AppointmentAlreadyExists(_))) => continue,
+                decided => return decided,
+            }
+        }
+        Err(super::AppError::Contention(3))
+    }
+}
+
+impl UpsertHisAppointment {
+    async fn decide_once(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        new_id: Uuid,
+        id: AppointmentId,
+    ) -> AppResult<Decided> {
         let current = s
             .load(ctx.tenant, &s.appointments, &stream_id::<Appointment>(id))
             .await?;
@@ -318,3 +338,20 @@ his_command!(his_upsert_practitioner, UpsertHisPractitioner);
 his_command!(his_upsert_service, UpsertHisService);
 his_command!(his_replace_schedule, ReplaceHisSchedule);
 his_command!(his_record_patient_contact, RecordPatientContact);
+
+impl Scheduler {
+    /// The last version of a HIS record Buktor applied.
+    pub async fn his_version(
+        &self,
+        tenant: TenantId,
+        kind: HisRecordKind,
+        buktor_id: Uuid,
+    ) -> AppResult<Option<HisVersion>> {
+        let stream = his_record_stream(kind, buktor_id);
+        Ok(self
+            .load(tenant, &self.his_records, &stream)
+            .await?
+            .state
+            .applied)
+    }
+}

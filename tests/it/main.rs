@@ -13,6 +13,7 @@ mod api_security;
 mod api_webhooks;
 mod audit_chain;
 mod fhir;
+mod his_api;
 mod middleware;
 mod middleware_hl7;
 mod read_side;

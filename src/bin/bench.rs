@@ -114,7 +114,18 @@ fn parse_args() -> anyhow::Result<Args> {
 #[path = "bench/webhooks.rs"]
 mod webhooks;
 
+#[path = "bench/his_import.rs"]
+mod his_import;
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("his-import") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(his_import::run(&args));
+    }
     if std::env::args().nth(1).as_deref() == Some("webhooks") {
         let args: Vec<String> = std::env::args().skip(2).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -162,7 +162,8 @@ impl SmsSender {
         let mut request = self
             .client
             .post(url)
-            .header("content-type", "application/json");
+            .header("content-type", "application/json")
+            .header("user-agent", "Buktor-Notifications/1");
         for (name, value) in signature::headers(&[secret], &id, timestamp, &bytes) {
             request = request.header(name, value);
         }

@@ -1,5 +1,6 @@
 mod store_conformance;
 mod store_group_commit;
+mod reminder_store;
 mod support;
 mod webhook_store;
 
@@ -16,5 +17,6 @@ mod fhir;
 mod his_api;
 mod middleware;
 mod middleware_hl7;
+mod notifications;
 mod read_side;
 mod server;

@@ -7,6 +7,7 @@
 
 pub mod pg;
 pub mod receiver;
+pub mod smtp;
 
 use std::path::PathBuf;
 

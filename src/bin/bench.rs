@@ -114,6 +114,9 @@ fn parse_args() -> anyhow::Result<Args> {
 #[path = "bench/webhooks.rs"]
 mod webhooks;
 
+#[path = "bench/reminders.rs"]
+mod reminders;
+
 #[path = "bench/his_import.rs"]
 mod his_import;
 
@@ -125,6 +128,14 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("cannot start the async runtime")?;
         return runtime.block_on(his_import::run(&args));
+    }
+    if std::env::args().nth(1).as_deref() == Some("reminders") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(reminders::run(&args));
     }
     if std::env::args().nth(1).as_deref() == Some("webhooks") {
         let args: Vec<String> = std::env::args().skip(2).collect();

@@ -38,7 +38,9 @@ fn domain(e: buktor_domain::DomainError) -> async_graphql::Error {
     app_error(AppError::Domain(e))
 }
 
+/// What a notification is about.
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "NotificationKind")]
 pub enum NotificationKindGql {
     Booked,
     Rescheduled,

@@ -238,12 +238,26 @@ impl Planner {
                     event.payload.clone(),
                 )?;
                 Arc::make_mut(&mut settings).apply(&e);
-            } else if event.stream_id.starts_with("appointment-") {
-                let e: AppointmentEvent = decode(
+            } else if event.stream_id.starts_with("appointment-")
+                // A hospital that never configured notifications has nothing
+                // to schedule or cancel (and if it turned them off and reset
+                // everything, the dispatcher skips what is left).
+                && *settings != NotificationSettings::default()
+            {
+                // An appointment event this server cannot read (a newer
+                // server's) is left out rather than stopping the hospital's
+                // planning for good.
+                let e: AppointmentEvent = match decode(
                     &event.event_type,
                     event.schema_version,
                     event.payload.clone(),
-                )?;
+                ) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        tracing::warn!(tenant = %tenant, position = %event.position, error = %err, "notification planner skips an event it cannot read");
+                        continue;
+                    }
+                };
                 let (id, change) = Change::of(&e);
                 changes.push((event.clone(), id, change, settings.clone()));
             }

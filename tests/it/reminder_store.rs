@@ -182,7 +182,12 @@ async fn a_completion_after_the_lease_was_taken_over_changes_nothing<S: Store>(s
         outcome: TimerOutcome::Done(TimerState::Sent),
         error: None,
     };
-    assert_eq!(r.complete_timers("one", &[late.clone()]).await.unwrap(), 0);
+    assert_eq!(
+        r.complete_timers("one", std::slice::from_ref(&late))
+            .await
+            .unwrap(),
+        0
+    );
     let row = &r.timers(tenant, None).await.unwrap()[0];
     assert_eq!((row.state, row.attempts), (TimerState::Pending, 0));
     assert_eq!(r.complete_timers("two", &[late]).await.unwrap(), 1);

@@ -3,9 +3,11 @@
 //! served from the projections (`crate::projection`).
 use buktor_domain::appointment::{Appointment, BookedAppointment};
 use buktor_domain::booking::stream_id;
+use buktor_domain::patient::{patient_id_for, KnownPatient, Patient};
 use buktor_domain::practitioner::{Practitioner, RegisteredPractitioner};
 use buktor_domain::schedule::Schedule;
 use buktor_domain::service::{DefinedService, Service};
+use buktor_domain::values::ShortText;
 use buktor_domain::{AppointmentId, PractitionerId, ServiceId, TenantId};
 
 use super::{AppResult, Scheduler};
@@ -57,5 +59,21 @@ impl Scheduler {
             .load(tenant, &self.appointments, &stream_id::<Appointment>(id))
             .await?;
         Ok(a.state.booked.filter(|a| a.id == id))
+    }
+
+    /// What the HIS recorded about a patient (contact data, language,
+    /// opt-outs), found by the HIS's patient id; `None` if nothing was.
+    pub async fn patient(
+        &self,
+        tenant: TenantId,
+        his_patient_id: &ShortText,
+    ) -> AppResult<Option<KnownPatient>> {
+        let id = patient_id_for(tenant, his_patient_id);
+        let p = self
+            .load(tenant, &self.patients, &stream_id::<Patient>(id))
+            .await?;
+        Ok(p.state
+            .known
+            .filter(|k| k.id == id && k.his_patient_id == *his_patient_id))
     }
 }

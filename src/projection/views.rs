@@ -418,6 +418,46 @@ impl ReadSide {
         Ok(docs.into_values().map(|d| (d.appointment.id, d)).collect())
     }
 
+    /// The ids of every appointment booked with `practitioner` on the
+    /// hospital-local dates `from..=to`, whatever its status now, sorted.
+    ///
+    /// Read from the practitioner-days' calendar streams rather than the
+    /// calendar read model: the read model keeps only the time still held
+    /// (booked, checked-in), whereas each booking (and each move onto the
+    /// day) leaves a `SlotHeld` event in the stream for good. All the days
+    /// are read in one round trip. A moved appointment is listed under the
+    /// days it ever held; callers filter by its current practitioner and start.
+    pub async fn practitioner_appointment_ids(
+        &self,
+        tenant: TenantId,
+        practitioner: PractitionerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> ViewResult<Vec<AppointmentId>> {
+        use buktor_domain::calendar::CalendarEvent;
+        let streams: Vec<(String, i64)> = from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .map(|d| (calendar_stream(practitioner, d), 0))
+            .collect();
+        let mut ids = BTreeSet::new();
+        for e in self.store().read_streams(tenant, &streams).await? {
+            let event = decode::<CalendarEvent>(&e.event_type, e.schema_version, e.payload)
+                .map_err(|err| ViewError::Store(StoreError::Corrupt(err.to_string())))?;
+            if let CalendarEvent::SlotHeld {
+                practitioner_id,
+                appointment_id,
+                ..
+            } = event
+            {
+                if practitioner_id == practitioner {
+                    ids.insert(appointment_id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
     /// A patient's appointments, sorted by start, filtered by local start
     /// date range (instants) and status.
     pub async fn patient_appointments(

@@ -1,6 +1,7 @@
-//! FHIR R4 under `/fhir/r4/`: read and search `Appointment`, `Practitioner`,
-//! `Schedule` and `Slot`, create and update `Appointment`, and the
-//! `CapabilityStatement` at `/fhir/r4/metadata`.
+//! FHIR R4 under `/fhir/r4/`: read and search `Appointment`, `Patient`,
+//! `Practitioner`, `Schedule` and `Slot`, create and update `Appointment`,
+//! and the `CapabilityStatement` at `/fhir/r4/metadata`. Searches page with
+//! `_count` and `_offset` and take `_include` where the statement says so.
 //!
 //! Layout: `params` (search parameters), `resources` (read models as FHIR
 //! JSON), this module (routes, authentication, mapping writes onto the
@@ -34,8 +35,11 @@ use crate::app::{
 use crate::auth::Principal;
 use crate::http::AppState;
 use crate::projection::views::{SlotSearch, ViewError};
-use params::Range;
-use resources::{Audit, ERROR_SYSTEM, PATIENT_SYSTEM, PRACTITIONER_SYSTEM, SERVICE_SYSTEM};
+use params::{Page, Range};
+use resources::{
+    Audit, APPOINTMENT_INCLUDES, ERROR_SYSTEM, PATIENT_SYSTEM, PRACTITIONER_SYSTEM,
+    SCHEDULE_INCLUDES, SERVICE_SYSTEM, SLOT_INCLUDES,
+};
 
 const FHIR_JSON: &str = "application/fhir+json";
 /// How long a write waits for the read models before answering, so the
@@ -53,6 +57,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/Appointment", web::post().to(create_appointment))
         .route("/Appointment/{id}", web::get().to(read_appointment))
         .route("/Appointment/{id}", web::put().to(update_appointment))
+        .route("/Patient", web::get().to(search_patients))
+        .route("/Patient/{id}", web::get().to(read_patient))
         .route("/Practitioner", web::get().to(search_practitioners))
         .route("/Practitioner/{id}", web::get().to(read_practitioner))
         .route("/Schedule", web::get().to(search_schedules))
@@ -216,15 +222,89 @@ fn base_url(req: &HttpRequest) -> String {
     format!("{}://{}/fhir/r4", ci.scheme(), ci.host())
 }
 
-fn self_url(req: &HttpRequest) -> String {
-    let ci = req.connection_info();
-    let query = req.query_string();
-    let path = req.path();
-    if query.is_empty() {
-        format!("{}://{}{path}", ci.scheme(), ci.host())
-    } else {
-        format!("{}://{}{path}?{query}", ci.scheme(), ci.host())
+/// A query string component, percent-encoded but for the unreserved characters.
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
+    out
+}
+
+/// The paging links of a search: `self`, `first`, `last`, and `next` and
+/// `previous` when those pages exist. Each is the request's own search
+/// with `_count` and `_offset` set, so following `next` gives the
+/// following matches in the same order.
+fn page_links(
+    req: &HttpRequest,
+    pairs: &[(String, String)],
+    page: Page,
+    total: usize,
+) -> Vec<(&'static str, String)> {
+    let ci = req.connection_info();
+    let prefix = format!("{}://{}{}", ci.scheme(), ci.host(), req.path());
+    let kept: Vec<String> = pairs
+        .iter()
+        .filter(|(n, _)| n != "_count" && n != "_offset")
+        .map(|(n, v)| format!("{}={}", encode_component(n), encode_component(v)))
+        .collect();
+    let url = |offset: usize| {
+        let mut q = kept.clone();
+        q.push(format!("_count={}", page.count));
+        q.push(format!("_offset={offset}"));
+        format!("{prefix}?{}", q.join("&"))
+    };
+    let mut links = vec![
+        ("self", url(page.offset)),
+        ("first", url(0)),
+        ("last", url(page.last(total))),
+    ];
+    if let Some(next) = page.next(total) {
+        links.push(("next", url(next)));
+    }
+    if let Some(previous) = page.previous() {
+        links.push(("previous", url(previous)));
+    }
+    links
+}
+
+/// A searchset of one page of `total` matches, with its links.
+fn search_answer(
+    req: &HttpRequest,
+    pairs: &[(String, String)],
+    page: Page,
+    total: usize,
+    matches: Vec<Value>,
+    included: Vec<Value>,
+) -> HttpResponse {
+    ok(resources::searchset(
+        &base_url(req),
+        page_links(req, pairs, page, total),
+        total,
+        matches,
+        included,
+    ))
+}
+
+fn page_of(pairs: &[(String, String)]) -> Result<Page, Outcome> {
+    Page::parse(single(pairs, "_count")?, single(pairs, "_offset")?)
+}
+
+fn includes_of(
+    pairs: &[(String, String)],
+    supported: &[(&'static str, &'static str)],
+) -> Result<Vec<&'static str>, Outcome> {
+    params::includes(
+        pairs
+            .iter()
+            .filter(|(n, _)| n == "_include")
+            .map(|(_, v)| v.as_str()),
+        supported,
+    )
 }
 
 /// The query's pairs; repeated names (`date=ge…&date=lt…`) are kept.
@@ -394,16 +474,26 @@ async fn appointment_search(
 ) -> Result<HttpResponse, Outcome> {
     let pairs = query(
         req,
-        &["patient", "practitioner", "date", "status", "_count"],
+        &[
+            "patient",
+            "practitioner",
+            "date",
+            "status",
+            "_count",
+            "_offset",
+            "_include",
+        ],
     )?;
     let tenant = p.tenant_id();
     let zone = p.tenant.time_zone;
-    let patient = single(&pairs, "patient")?
-        .map(|raw| {
+    // `Some(None)`: a Patient id that names no HIS patient id, so nobody.
+    let patient: Option<Option<String>> = single(&pairs, "patient")?
+        .map(|raw| -> Result<Option<String>, Outcome> {
             if !raw.contains('|') && raw.contains('/') {
-                params::reference("patient", raw, "Patient")
+                let id = params::reference("patient", raw, "Patient")?;
+                Ok(resources::his_patient_id(id))
             } else {
-                params::token("patient", raw, PATIENT_SYSTEM)
+                params::token("patient", raw, PATIENT_SYSTEM).map(|his| Some(his.to_owned()))
             }
         })
         .transpose()?;
@@ -432,19 +522,17 @@ async fn appointment_search(
                 .collect()
         })
         .transpose()?;
-    let count = params::count(single(&pairs, "_count")?)?;
+    let page = page_of(&pairs)?;
+    let includes = includes_of(&pairs, &APPOINTMENT_INCLUDES)?;
 
-    let mut found: Vec<(BookedAppointment, Audit)> = match (patient, practitioner) {
-        (Some(his), _) => state
-            .read_side
-            .patient_appointments(tenant, his, None, None, None)
-            .await?
-            .into_iter()
-            .map(|d| {
-                let audit = Audit::from(&d);
-                (d.appointment, audit)
-            })
-            .collect(),
+    let docs = match (patient, practitioner) {
+        (Some(None), _) => Vec::new(),
+        (Some(Some(his)), _) => {
+            state
+                .read_side
+                .patient_appointments(tenant, &his, None, None, None)
+                .await?
+        }
         (None, Some(practitioner)) => {
             let (Some(from), Some(to)) = (range.from, range.to) else {
                 return Err(Outcome::invalid(
@@ -456,25 +544,19 @@ async fn appointment_search(
                     "date: a search by practitioner alone covers at most {MAX_AGENDA_DAYS} days"
                 )));
             }
+            // Every appointment ever booked on those days, whatever its
+            // status now (the calendar read model keeps only held time).
             let first = from.with_timezone(&zone).date_naive();
             let last = to.with_timezone(&zone).date_naive();
-            let ids: Vec<AppointmentId> = match state
+            let ids = state
                 .read_side
-                .agenda(tenant, practitioner, first, last)
+                .practitioner_appointment_ids(tenant, practitioner, first, last)
+                .await?;
+            state
+                .read_side
+                .appointments(tenant, &ids)
                 .await?
-            {
-                Some((_, _, days)) => days
-                    .iter()
-                    .flat_map(|d| d.booked.iter().map(|b| b.appointment_id))
-                    .collect(),
-                None => Vec::new(),
-            };
-            let docs = state.read_side.appointments(tenant, &ids).await?;
-            docs.into_values()
-                .map(|d| {
-                    let audit = Audit::from(&d);
-                    (d.appointment, audit)
-                })
+                .into_values()
                 .collect()
         }
         (None, None) => {
@@ -483,6 +565,13 @@ async fn appointment_search(
             ))
         }
     };
+    let mut found: Vec<(BookedAppointment, Audit)> = docs
+        .into_iter()
+        .map(|d| {
+            let audit = Audit::from(&d);
+            (d.appointment, audit)
+        })
+        .collect();
     found.retain(|(a, _)| {
         practitioner.is_none_or(|id| a.practitioner_id == id)
             && range.contains(a.start)
@@ -490,14 +579,148 @@ async fn appointment_search(
     });
     found.sort_by_key(|(a, _)| (a.start, a.id));
     let total = found.len();
-    found.truncate(count);
+    let found = page.of(found);
     let rendered = render_appointments(state, tenant, &found).await?;
-    Ok(ok(resources::searchset(
-        &base_url(req),
-        &self_url(req),
-        total,
-        rendered,
-    )))
+    let mut included = Vec::new();
+    if includes.contains(&"Appointment:patient") {
+        let mut his_ids: Vec<&ShortText> = Vec::new();
+        for (a, _) in &found {
+            if !his_ids.contains(&&a.patient.his_patient_id) {
+                his_ids.push(&a.patient.his_patient_id);
+            }
+        }
+        for his in his_ids {
+            included.extend(patient_resource(state, tenant, his).await?);
+        }
+    }
+    if includes.contains(&"Appointment:practitioner") {
+        let (ps, _) = catalog(
+            state,
+            tenant,
+            found.iter().map(|(a, _)| a.practitioner_id),
+            std::iter::empty(),
+        )
+        .await?;
+        let mut ps: Vec<&RegisteredPractitioner> = ps.values().collect();
+        ps.sort_by_key(|p| p.id);
+        included.extend(ps.into_iter().map(resources::practitioner));
+    }
+    Ok(search_answer(req, &pairs, page, total, rendered, included))
+}
+
+// --- Patient -------------------------------------------------------------------------
+
+/// The Patient with this HIS id: the contact the HIS recorded (name,
+/// phone, e-mail, language), else the newest booking's copy (name, phone,
+/// e-mail). `None` if Buktor knows nothing of the patient, or the HIS id
+/// has no FHIR id (`resources::patient_id`).
+async fn patient_resource(
+    state: &AppState,
+    tenant: TenantId,
+    his: &ShortText,
+) -> Result<Option<Value>, Outcome> {
+    let known = state.scheduler.patient(tenant, his).await?;
+    let newest = state
+        .read_side
+        .patient_appointments(tenant, his.as_str(), None, None, None)
+        .await?
+        .into_iter()
+        .max_by_key(|d| (d.booked_at, d.appointment.id))
+        .map(|d| d.appointment.patient);
+    let booked = newest.as_ref();
+    let data = match &known {
+        Some(k) => resources::PatientData {
+            his_patient_id: his.as_str(),
+            name: k
+                .contact
+                .name
+                .as_ref()
+                .or(booked.and_then(|b| b.name.as_ref()))
+                .map(|n| n.as_str()),
+            phone: k.contact.phone.as_ref().map(|p| p.as_str()),
+            email: k.contact.email.as_ref().map(|e| e.as_str()),
+            language: k.contact.language.as_ref().map(|l| l.as_str()),
+        },
+        None => match booked {
+            Some(b) => resources::PatientData {
+                his_patient_id: his.as_str(),
+                name: b.name.as_ref().map(|n| n.as_str()),
+                phone: b.phone.as_ref().map(|p| p.as_str()),
+                email: b.email.as_ref().map(|e| e.as_str()),
+                language: None,
+            },
+            None => return Ok(None),
+        },
+    };
+    Ok(resources::patient(data))
+}
+
+/// The HIS id a Patient id or identifier names, if it can be one.
+fn his_of(raw: &str) -> Option<ShortText> {
+    ShortText::parse("patient", raw)
+        .ok()
+        .filter(|t| t.as_str() == raw)
+}
+
+async fn read_patient(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let his = resources::his_patient_id(&path)
+                .and_then(|his| his_of(&his))
+                .ok_or_else(|| Outcome::not_found("Patient", &path))?;
+            match patient_resource(&state, p.tenant_id(), &his).await? {
+                Some(r) => Ok(ok(r)),
+                None => Err(Outcome::not_found("Patient", &path)),
+            }
+        }
+        .await,
+    )
+}
+
+async fn search_patients(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p = match caller(&req, &state).await {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    respond(
+        async {
+            let pairs = query(&req, &["identifier", "_count", "_offset"])?;
+            let identifier = single(&pairs, "identifier")?
+                .map(|raw| params::token("identifier", raw, PATIENT_SYSTEM))
+                .transpose()?
+                .ok_or_else(|| {
+                    Outcome::invalid(
+                        "a Patient search needs identifier (the HIS patient id)".into(),
+                    )
+                })?;
+            let page = page_of(&pairs)?;
+            let found: Vec<Value> = match his_of(identifier) {
+                Some(his) => patient_resource(&state, p.tenant_id(), &his)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let total = found.len();
+            Ok(search_answer(
+                &req,
+                &pairs,
+                page,
+                total,
+                page.of(found),
+                Vec::new(),
+            ))
+        }
+        .await,
+    )
 }
 
 /// The request body as a FHIR resource of `resource_type`.
@@ -959,12 +1182,12 @@ async fn search_practitioners(req: HttpRequest, state: web::Data<AppState>) -> H
     };
     respond(
         async {
-            let pairs = query(&req, &["name", "identifier", "_count"])?;
+            let pairs = query(&req, &["name", "identifier", "_count", "_offset"])?;
             let name = single(&pairs, "name")?.map(str::to_lowercase);
             let identifier = single(&pairs, "identifier")?
                 .map(|raw| params::token("identifier", raw, PRACTITIONER_SYSTEM))
                 .transpose()?;
-            let count = params::count(single(&pairs, "_count")?)?;
+            let page = page_of(&pairs)?;
             let mut found = all_practitioners(&state, p.tenant_id()).await?;
             found.retain(|pr| {
                 name.as_ref()
@@ -974,17 +1197,15 @@ async fn search_practitioners(req: HttpRequest, state: web::Data<AppState>) -> H
                     })
             });
             let total = found.len();
-            let page = found
-                .iter()
-                .take(count)
-                .map(resources::practitioner)
-                .collect();
-            Ok(ok(resources::searchset(
-                &base_url(&req),
-                &self_url(&req),
-                total,
+            let matches = page.of(found).iter().map(resources::practitioner).collect();
+            Ok(search_answer(
+                &req,
+                &pairs,
                 page,
-            )))
+                total,
+                matches,
+                Vec::new(),
+            ))
         }
         .await,
     )
@@ -1019,11 +1240,12 @@ async fn search_schedules(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     };
     respond(
         async {
-            let pairs = query(&req, &["actor", "_count"])?;
+            let pairs = query(&req, &["actor", "_count", "_offset", "_include"])?;
             let actor = single(&pairs, "actor")?
                 .map(|raw| params::reference("actor", raw, "Practitioner"))
                 .transpose()?;
-            let count = params::count(single(&pairs, "_count")?)?;
+            let page = page_of(&pairs)?;
+            let includes = includes_of(&pairs, &SCHEDULE_INCLUDES)?;
             let mut found = all_practitioners(&state, p.tenant_id()).await?;
             found.retain(|pr| actor.is_none_or(|a| pr.id.to_string() == a));
             let services = state
@@ -1031,17 +1253,17 @@ async fn search_schedules(req: HttpRequest, state: web::Data<AppState>) -> HttpR
                 .services(p.tenant_id(), None, usize::MAX)
                 .await?;
             let total = found.len();
-            let page = found
+            let found = page.of(found);
+            let matches = found
                 .iter()
-                .take(count)
                 .map(|pr| resources::schedule(pr, &services))
                 .collect();
-            Ok(ok(resources::searchset(
-                &base_url(&req),
-                &self_url(&req),
-                total,
-                page,
-            )))
+            let included = if includes.contains(&"Schedule:actor") {
+                found.iter().map(resources::practitioner).collect()
+            } else {
+                Vec::new()
+            };
+            Ok(search_answer(&req, &pairs, page, total, matches, included))
         }
         .await,
     )
@@ -1071,6 +1293,8 @@ async fn slot_search(
             "service-type",
             "status",
             "_count",
+            "_offset",
+            "_include",
         ],
     )?;
     let tenant = p.tenant_id();
@@ -1121,7 +1345,8 @@ async fn slot_search(
             "start: a Slot search covers at most {MAX_SLOT_DAYS} days"
         )));
     }
-    let count = params::count(single(&pairs, "_count")?)?;
+    let page = page_of(&pairs)?;
+    let includes = includes_of(&pairs, &SLOT_INCLUDES)?;
     let search = SlotSearch {
         practitioner_ids: (!practitioners.is_empty()).then_some(practitioners),
         service_id,
@@ -1135,16 +1360,15 @@ async fn slot_search(
         .await?;
     offered.retain(|o| range.contains(o.slot.start));
     let total = offered.len();
-    offered.truncate(count);
-    let services: HashMap<ServiceId, DefinedService> = catalog(
+    let offered = page.of(offered);
+    let (practitioners, services) = catalog(
         state,
         tenant,
-        std::iter::empty(),
+        offered.iter().map(|o| o.practitioner_id),
         offered.iter().map(|o| o.service_id),
     )
-    .await?
-    .1;
-    let page: Vec<Value> = offered
+    .await?;
+    let matches: Vec<Value> = offered
         .iter()
         .filter_map(|o| {
             services
@@ -1152,10 +1376,16 @@ async fn slot_search(
                 .map(|s| resources::slot(o.practitioner_id, s, o.slot.start, o.slot.end))
         })
         .collect();
-    Ok(ok(resources::searchset(
-        &base_url(req),
-        &self_url(req),
-        total,
-        page,
-    )))
+    let mut included = Vec::new();
+    if includes.contains(&"Slot:schedule") {
+        let all_services = state.read_side.services(tenant, None, usize::MAX).await?;
+        let mut schedules: Vec<&RegisteredPractitioner> = practitioners.values().collect();
+        schedules.sort_by_key(|p| p.id);
+        included.extend(
+            schedules
+                .into_iter()
+                .map(|pr| resources::schedule(pr, &all_services)),
+        );
+    }
+    Ok(search_answer(req, &pairs, page, total, matches, included))
 }

@@ -96,6 +96,99 @@ pub fn count(raw: Option<&str>) -> Result<usize, Outcome> {
     }
 }
 
+/// One page of a search: `_count` entries from the `_offset`-th match on
+/// (0-based). Every search sorts its matches in a fixed order, so the
+/// pages of one result set neither repeat nor skip a match as long as
+/// the matches do not change between the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub count: usize,
+    pub offset: usize,
+}
+
+impl Page {
+    pub fn parse(count_raw: Option<&str>, offset_raw: Option<&str>) -> Result<Page, Outcome> {
+        let offset = match offset_raw {
+            None => 0,
+            Some(raw) => raw.parse::<usize>().map_err(|_| {
+                Outcome::invalid(format!("_offset: {raw:?} is not a whole number from 0"))
+            })?,
+        };
+        Ok(Page {
+            count: count(count_raw)?,
+            offset,
+        })
+    }
+
+    /// This page's share of all the matches, in their order.
+    pub fn of<T>(&self, matches: Vec<T>) -> Vec<T> {
+        matches
+            .into_iter()
+            .skip(self.offset)
+            .take(self.count)
+            .collect()
+    }
+
+    /// The offset of the next page, if there is one.
+    pub fn next(&self, total: usize) -> Option<usize> {
+        let next = self.offset.saturating_add(self.count);
+        (self.count > 0 && next < total).then_some(next)
+    }
+
+    /// The offset of the previous page, if this is not the first.
+    pub fn previous(&self) -> Option<usize> {
+        (self.offset > 0).then(|| self.offset.saturating_sub(self.count.max(1)))
+    }
+
+    /// The offset of the last page.
+    pub fn last(&self, total: usize) -> usize {
+        match self.count {
+            0 => 0,
+            n => total.saturating_sub(1) / n * n,
+        }
+    }
+}
+
+/// The `_include` values of a search, each one of `supported`
+/// (`Source:parameter`, with an optional `:Target` that must be the
+/// parameter's target type). Anything else is refused, as unknown search
+/// parameters are: the client would otherwise get less than it asked for
+/// without knowing.
+pub fn includes<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    supported: &[(&'static str, &'static str)],
+) -> Result<Vec<&'static str>, Outcome> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for raw in values {
+        let found = supported.iter().find(|(name, target)| {
+            raw == *name
+                || raw
+                    .strip_prefix(*name)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(*target)
+        });
+        match found {
+            Some((name, _)) => {
+                if !out.contains(name) {
+                    out.push(name);
+                }
+            }
+            None => {
+                let names: Vec<&str> = supported.iter().map(|(n, _)| *n).collect();
+                return Err(Outcome::invalid(format!(
+                    "_include: {raw:?} is not supported here; supported: {}",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A token's value: `system|value` or `value` (the system is not checked
 /// beyond being ours or absent).
 pub fn token<'a>(param: &str, raw: &'a str, system: &str) -> Result<&'a str, Outcome> {
@@ -181,6 +274,40 @@ mod tests {
         assert!(r.add("date", "ap2026-12-01", ZONE).is_err());
         assert!(r.add("date", "ge2026-13-01", ZONE).is_err());
         assert!(r.add("date", "2026-12-01T10:00:00", ZONE).is_err());
+    }
+
+    #[test]
+    fn pages_cover_every_match_once() {
+        let all: Vec<usize> = (0..7).collect();
+        let mut page = Page::parse(Some("3"), None).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            seen.extend(page.of(all.clone()));
+            match page.next(all.len()) {
+                Some(offset) => page.offset = offset,
+                None => break,
+            }
+        }
+        assert_eq!(seen, all);
+        assert_eq!(page.offset, 6);
+        assert_eq!(page.last(7), 6);
+        assert_eq!(page.previous(), Some(3));
+        let zero = Page::parse(Some("0"), Some("2")).unwrap();
+        assert_eq!(zero.next(7), None);
+        assert_eq!(zero.previous(), Some(1));
+        assert!(Page::parse(None, Some("-1")).is_err());
+    }
+
+    #[test]
+    fn includes_are_checked() {
+        let supported = [("Slot:schedule", "Schedule")];
+        assert_eq!(
+            includes(["Slot:schedule", "Slot:schedule:Schedule"], &supported).unwrap(),
+            ["Slot:schedule"]
+        );
+        assert!(includes(["Slot:schedule:Practitioner"], &supported).is_err());
+        assert!(includes(["*"], &supported).is_err());
+        assert!(includes(["Appointment:patient"], &supported).is_err());
     }
 
     #[test]

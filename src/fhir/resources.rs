@@ -1,5 +1,9 @@
 //! Buktor's read models as FHIR R4 resources (JSON). Only elements Buktor
 //! knows are written; every required element of each resource is present.
+use base64::alphabet::Alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 use buktor_domain::appointment::{AppointmentStatus, BookedAppointment};
 use buktor_domain::practitioner::RegisteredPractitioner;
 use buktor_domain::service::DefinedService;
@@ -30,6 +34,58 @@ pub fn is_fhir_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// The prefix of a Patient id that encodes the HIS patient id rather than
+/// being it. HIS ids that start with it are encoded too, so the two kinds
+/// of Patient ids never meet.
+const ENCODED_PATIENT: &str = "--";
+
+/// Base 64 over exactly the 64 characters a FHIR id may hold, unpadded and
+/// canonical (no stray trailing bits), so each HIS id has one encoding.
+const PATIENT_ID_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &match Alphabet::new("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.") {
+        Ok(a) => a,
+        Err(_) => panic!("the FHIR id alphabet has 64 distinct characters"),
+    },
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// The FHIR id of the Patient with this HIS patient id: the HIS id itself
+/// when it is a FHIR id (and neither starts with `--` nor is `.` or `..`,
+/// which would be URL path steps), else `--` and the base 64 of its UTF-8
+/// bytes over `[A-Za-z0-9\-.]`. `None` when even that exceeds 64
+/// characters (a HIS id of more than 46 bytes with other characters):
+/// such a patient has no Patient resource, only the identifier.
+pub fn patient_id(his_patient_id: &str) -> Option<String> {
+    let plain = is_fhir_id(his_patient_id)
+        && !his_patient_id.starts_with(ENCODED_PATIENT)
+        && his_patient_id != "."
+        && his_patient_id != "..";
+    if plain {
+        return Some(his_patient_id.to_owned());
+    }
+    let id = format!(
+        "{ENCODED_PATIENT}{}",
+        PATIENT_ID_ENGINE.encode(his_patient_id.as_bytes())
+    );
+    is_fhir_id(&id).then_some(id)
+}
+
+/// The HIS patient id a Patient id stands for: the inverse of
+/// [`patient_id`]; `None` for an id that function never gives.
+pub fn his_patient_id(id: &str) -> Option<String> {
+    let his = match id.strip_prefix(ENCODED_PATIENT) {
+        None => id.to_owned(),
+        Some(encoded) => {
+            let bytes = PATIENT_ID_ENGINE.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok()?
+        }
+    };
+    (patient_id(&his).as_deref() == Some(id)).then_some(his)
 }
 
 fn service_type(service_id: &str, service: Option<&DefinedService>) -> Value {
@@ -71,8 +127,8 @@ pub fn appointment(
 ) -> Value {
     let his = a.patient.his_patient_id.as_str();
     let mut patient = json!({"identifier": {"system": PATIENT_SYSTEM, "value": his}});
-    if is_fhir_id(his) {
-        patient["reference"] = json!(format!("Patient/{his}"));
+    if let Some(id) = patient_id(his) {
+        patient["reference"] = json!(format!("Patient/{id}"));
     }
     if let Some(name) = &a.patient.name {
         patient["display"] = json!(name.as_str());
@@ -116,6 +172,46 @@ pub fn appointment(
         }
     }
     r
+}
+
+/// What Buktor knows of a patient, from the HIS's contact record or an appointment.
+#[derive(Debug, Clone, Copy)]
+pub struct PatientData<'a> {
+    pub his_patient_id: &'a str,
+    pub name: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub email: Option<&'a str>,
+    /// A BCP 47 tag.
+    pub language: Option<&'a str>,
+}
+
+/// A Patient resource; `None` if the HIS id has no FHIR id ([`patient_id`]).
+pub fn patient(p: PatientData<'_>) -> Option<Value> {
+    let mut r = json!({
+        "resourceType": "Patient",
+        "id": patient_id(p.his_patient_id)?,
+        "identifier": [{"system": PATIENT_SYSTEM, "value": p.his_patient_id}],
+    });
+    if let Some(name) = p.name {
+        r["name"] = json!([{"text": name}]);
+    }
+    let telecom: Vec<Value> = [("phone", p.phone), ("email", p.email)]
+        .into_iter()
+        .filter_map(|(system, value)| value.map(|v| json!({"system": system, "value": v})))
+        .collect();
+    if !telecom.is_empty() {
+        r["telecom"] = Value::Array(telecom);
+    }
+    if let Some(language) = p.language {
+        r["communication"] = json!([{
+            "language": {
+                "coding": [{"system": "urn:ietf:bcp:47", "code": language}],
+                "text": language,
+            },
+            "preferred": true,
+        }]);
+    }
+    Some(r)
 }
 
 pub fn practitioner(p: &RegisteredPractitioner) -> Value {
@@ -187,24 +283,51 @@ pub fn slot(
     })
 }
 
-/// A `searchset` bundle: `total` matches, of which `resources` are on this page.
-pub fn searchset(base: &str, self_url: &str, total: usize, resources: Vec<Value>) -> Value {
-    let entry: Vec<Value> = resources
+fn entry(base: &str, resource: Value, mode: &str) -> Value {
+    let url = format!(
+        "{base}/{}/{}",
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default()
+    );
+    json!({"fullUrl": url, "resource": resource, "search": {"mode": mode}})
+}
+
+fn key(resource: &Value) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&resource["resourceType"]), text(&resource["id"]))
+}
+
+/// A `searchset` bundle: `total` matches, of which `matches` are on this
+/// page, then the resources they reference that `_include` asked for
+/// (each once, and none that is a match itself). `links` are the paging
+/// links (`self`, `next`, …) as `(relation, url)`.
+pub fn searchset(
+    base: &str,
+    links: Vec<(&str, String)>,
+    total: usize,
+    matches: Vec<Value>,
+    included: Vec<Value>,
+) -> Value {
+    let mut seen: std::collections::HashSet<(String, String)> = matches.iter().map(key).collect();
+    let entry: Vec<Value> = matches
         .into_iter()
-        .map(|r| {
-            let url = format!(
-                "{base}/{}/{}",
-                r["resourceType"].as_str().unwrap_or_default(),
-                r["id"].as_str().unwrap_or_default()
-            );
-            json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
-        })
+        .map(|r| entry(base, r, "match"))
+        .chain(
+            included
+                .into_iter()
+                .filter(|r| seen.insert(key(r)))
+                .map(|r| entry(base, r, "include")),
+        )
+        .collect();
+    let link: Vec<Value> = links
+        .into_iter()
+        .map(|(relation, url)| json!({"relation": relation, "url": url}))
         .collect();
     let mut b = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": self_url}],
+        "link": link,
     });
     if !entry.is_empty() {
         b["entry"] = Value::Array(entry);
@@ -214,6 +337,38 @@ pub fn searchset(base: &str, self_url: &str, total: usize, resources: Vec<Value>
 
 fn search_param(name: &str, kind: &str, doc: &str) -> Value {
     json!({"name": name, "type": kind, "documentation": doc})
+}
+
+/// The paging parameters every search takes.
+fn paging() -> [Value; 2] {
+    [
+        search_param(
+            "_count",
+            "number",
+            "entries per page (default 50, at most 500; 0 gives only the total)",
+        ),
+        search_param(
+            "_offset",
+            "number",
+            "how many matches to skip (the paging links set it)",
+        ),
+    ]
+}
+
+fn with_paging(params: Vec<Value>) -> Value {
+    Value::Array(params.into_iter().chain(paging()).collect())
+}
+
+/// The `_include` values of each search: `(value, the target type)`.
+pub const APPOINTMENT_INCLUDES: [(&str, &str); 2] = [
+    ("Appointment:patient", "Patient"),
+    ("Appointment:practitioner", "Practitioner"),
+];
+pub const SLOT_INCLUDES: [(&str, &str); 1] = [("Slot:schedule", "Schedule")];
+pub const SCHEDULE_INCLUDES: [(&str, &str); 1] = [("Schedule:actor", "Practitioner")];
+
+fn include_names(includes: &[(&str, &str)]) -> Value {
+    includes.iter().map(|(name, _)| json!(name)).collect()
 }
 
 /// What this server supports, for `GET /fhir/r4/metadata`.
@@ -231,50 +386,95 @@ pub fn capability_statement(base: &str) -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
+            "documentation": "Searches are always handled strictly (as with `Prefer: handling=strict`, whatever the header says): an unknown search parameter or an unsupported `_include` value is refused with 400 and an OperationOutcome, never ignored. Searchsets carry `total` and self, first, last, next and previous links paged with `_count` and `_offset`.",
             "security": {"description": "Every request needs `Authorization: Bearer <API key>`; a key sees only its own hospital."},
             "resource": [
                 {
                     "type": "Appointment",
                     "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "create"}, {"code": "update"}],
                     "updateCreate": false,
-                    "searchParam": [
-                        search_param("patient", "reference", "Patient/<HIS patient id>, or the HIS patient id as a token"),
-                        search_param("practitioner", "reference", "Practitioner/<id>; without patient, needs a date range of at most 93 days and finds booked and checked-in appointments"),
+                    "searchInclude": include_names(&APPOINTMENT_INCLUDES),
+                    "searchParam": with_paging(vec![
+                        search_param("patient", "reference", "Patient/<id>, or the HIS patient id as a token"),
+                        search_param("practitioner", "reference", "Practitioner/<id>; without patient, needs a date range of at most 93 days"),
                         search_param("date", "date", "the start, with the prefixes eq, ge, gt, le, lt"),
                         search_param("status", "token", "booked | checked-in | fulfilled | noshow | cancelled"),
-                        search_param("_count", "number", "entries per page (at most 500)"),
-                    ],
+                    ]),
+                },
+                {
+                    "type": "Patient",
+                    "interaction": read_search,
+                    "searchParam": with_paging(vec![
+                        search_param("identifier", "token", "required: the HIS patient id"),
+                    ]),
                 },
                 {
                     "type": "Practitioner",
                     "interaction": read_search,
-                    "searchParam": [
+                    "searchParam": with_paging(vec![
                         search_param("name", "string", "a part of the name, any case"),
                         search_param("identifier", "token", "the practitioner's external (HIS) id"),
-                        search_param("_count", "number", "entries per page (at most 500)"),
-                    ],
+                    ]),
                 },
                 {
                     "type": "Schedule",
                     "interaction": read_search,
-                    "searchParam": [
+                    "searchInclude": include_names(&SCHEDULE_INCLUDES),
+                    "searchParam": with_paging(vec![
                         search_param("actor", "reference", "Practitioner/<id>"),
-                        search_param("_count", "number", "entries per page (at most 500)"),
-                    ],
+                    ]),
                 },
                 {
                     "type": "Slot",
                     "interaction": [{"code": "search-type"}],
-                    "searchParam": [
+                    "searchInclude": include_names(&SLOT_INCLUDES),
+                    "searchParam": with_paging(vec![
                         search_param("schedule", "reference", "Schedule/<practitioner id>"),
                         search_param("practitioner", "reference", "Practitioner/<id> (the same as schedule)"),
                         search_param("start", "date", "required: ge and le (or gt, lt) at most 31 days apart"),
                         search_param("service-type", "token", "a Buktor service id"),
                         search_param("status", "token", "free only"),
-                        search_param("_count", "number", "entries per page (at most 500)"),
-                    ],
+                    ]),
                 },
             ],
         }],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_ids_are_fhir_ids_and_map_back() {
+        for his in [
+            "P-1001",
+            "123.45",
+            "MRN 88/2",
+            "--P-1",
+            ".",
+            "..",
+            "Zoë",
+            "a_b",
+            &"9".repeat(64),
+            &"x y".repeat(15),
+        ] {
+            let id = patient_id(his).unwrap_or_else(|| panic!("{his:?} has no Patient id"));
+            assert!(is_fhir_id(&id), "{his:?} → {id:?}");
+            assert_eq!(his_patient_id(&id).as_deref(), Some(his), "{id:?}");
+        }
+        assert_eq!(patient_id("P-1001").as_deref(), Some("P-1001"));
+        assert_eq!(patient_id("MRN 88/2").as_deref(), Some("--TVJOIDg4LzI"));
+        // Too long to encode in 64 characters, and not a FHIR id itself.
+        assert_eq!(patient_id(&"é".repeat(30)), None);
+        assert_eq!(patient_id(&"9".repeat(65)), None);
+        // Ids patient_id never gives name nobody.
+        for id in ["--", "--%%", "--A", "--P-1"] {
+            assert!(
+                his_patient_id(id).is_none_or(|his| patient_id(&his).as_deref() == Some(id)),
+                "{id}"
+            );
+        }
+        assert_eq!(his_patient_id("--A"), None);
+    }
 }

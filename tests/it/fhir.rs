@@ -80,6 +80,14 @@ impl Fhir {
         self.send(r).await
     }
 
+    /// GET of an absolute URL the server gave (a paging link).
+    async fn follow(&self, key: &str, url: &str) -> Value {
+        let path = url
+            .strip_prefix(&self.base)
+            .unwrap_or_else(|| panic!("{url} is not under {}", self.base));
+        self.ok(key, path).await
+    }
+
     async fn ok(&self, key: &str, path: &str) -> Value {
         let a = self.get(Some(key), path).await;
         assert_eq!(a.status, 200, "GET {path}: {}", a.body);
@@ -130,7 +138,11 @@ fn validate(resource: &Value) {
                         entry["resource"]["resourceType"].as_str().unwrap(),
                         entry["resource"]["id"].as_str().unwrap()
                     ))));
+                assert!(["match", "include"].contains(&entry["search"]["mode"].as_str().unwrap()));
                 validate(&entry["resource"]);
+            }
+            for link in resource["link"].as_array().expect("Bundle.link") {
+                assert!(link["url"].as_str().is_some_and(|u| u.starts_with("http")));
             }
         }
         Some("Appointment") => {
@@ -167,6 +179,19 @@ fn validate(resource: &Value) {
                 assert!(DateTime::parse_from_rfc3339(t).is_ok(), "{t:?}");
             }
         }
+        Some("Patient") => {
+            let id = resource["id"].as_str().expect("Patient.id");
+            assert!(
+                (1..=64).contains(&id.len())
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+                "Patient.id {id:?}"
+            );
+            for t in resource["telecom"].as_array().into_iter().flatten() {
+                assert!(["phone", "email"].contains(&t["system"].as_str().unwrap()));
+            }
+        }
         Some("Schedule") => {
             assert!(resource["actor"][0]["reference"]
                 .as_str()
@@ -188,13 +213,42 @@ fn references(r: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The ids of the matches (not the included resources).
 fn ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
         .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// `Type/id` of each included resource, in order.
+fn included(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The URL of a bundle's link with this relation.
+fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_owned())
 }
 
 /// The Buktor error code an OperationOutcome carries.
@@ -273,7 +327,29 @@ async fn fhir_reads_and_searches_serve_valid_r4_resources() {
         .iter()
         .map(|r| r["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["Appointment", "Practitioner", "Schedule", "Slot"]);
+    assert_eq!(
+        types,
+        ["Appointment", "Patient", "Practitioner", "Schedule", "Slot"]
+    );
+    let includes = |t: &str| -> Vec<String> {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == t)
+            .unwrap()["searchInclude"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        includes("Appointment"),
+        ["Appointment:patient", "Appointment:practitioner"]
+    );
+    assert_eq!(includes("Slot"), ["Slot:schedule"]);
+    assert_eq!(includes("Schedule"), ["Schedule:actor"]);
 
     // read
     let a = fhir.ok(key, &format!("/Appointment/{a1}")).await;
@@ -714,4 +790,373 @@ async fn fhir_bad_requests_get_an_operation_outcome_and_change_nothing() {
 
     assert_eq!(deployment.event_counts(&h.tenant).await, before);
     assert_eq!(deployment.event_counts(&other.tenant).await, before_other);
+}
+
+#[tokio::test]
+async fn fhir_practitioner_search_finds_appointments_whatever_their_status() {
+    let deployment = Deployment::embedded();
+    let day = days_ahead(3);
+    let next_day = day.succ_opt().unwrap();
+    let mut server = deployment
+        .start_with(ServerOptions::clock_at(local(day, 8, 0)))
+        .await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Agenda").await;
+    let key = h.admin.as_str();
+    let fhir = Fhir::new(&server);
+    let mut booked = Vec::new();
+    for (i, minute) in [0, 30, 60, 90, 120].into_iter().enumerate() {
+        let a = fhir
+            .post(
+                key,
+                &new_appointment(
+                    &h,
+                    local(day, 9, 0) + Duration::minutes(minute),
+                    &format!("P-S{i}"),
+                ),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        booked.push(a.body);
+    }
+    let id = |i: usize| booked[i]["id"].as_str().unwrap().to_owned();
+    let with_status = |body: &Value, status: &str| {
+        let mut b = body.clone();
+        b["status"] = json!(status);
+        b
+    };
+    // 09:30 cancelled, 09:00 checked in; 11:00 moves to the next day.
+    let a = fhir
+        .put(key, &id(1), &with_status(&booked[1], "cancelled"))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = fhir
+        .put(key, &id(0), &with_status(&booked[0], "checked-in"))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let checked_in = a.body;
+    let mut moved = booked[4].clone();
+    moved["start"] = json!(z(local(next_day, 9, 0)));
+    let a = fhir.put(key, &id(4), &moved).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // After the morning: 09:00 fulfilled, 10:00 a no-show, 10:30 stays booked.
+    server
+        .restart_with(ServerOptions::clock_at(local(day, 12, 0)))
+        .await;
+    let fhir = Fhir::new(&server);
+    let a = fhir
+        .put(key, &id(0), &with_status(&checked_in, "fulfilled"))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = fhir
+        .put(key, &id(2), &with_status(&booked[2], "noshow"))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    server.settle(key).await;
+
+    let p = format!("practitioner=Practitioner/{}", h.practitioner);
+    let b = fhir.ok(key, &format!("/Appointment?{p}&date={day}")).await;
+    assert_eq!(b["total"], 4, "{b:#}");
+    assert_eq!(ids(&b), [id(0), id(1), id(2), id(3)]);
+    let statuses: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["fulfilled", "cancelled", "noshow", "booked"]);
+    for (status, expected) in [
+        ("cancelled", vec![id(1)]),
+        ("fulfilled,noshow", vec![id(0), id(2)]),
+        ("booked", vec![id(3)]),
+        ("checked-in", vec![]),
+    ] {
+        let b = fhir
+            .ok(key, &format!("/Appointment?{p}&date={day}&status={status}"))
+            .await;
+        assert_eq!(ids(&b), expected, "status={status}");
+        assert_eq!(b["total"], expected.len(), "status={status}");
+    }
+    // The moved one is found on its new day only, once.
+    let b = fhir
+        .ok(key, &format!("/Appointment?{p}&date={next_day}"))
+        .await;
+    assert_eq!(ids(&b), [id(4)]);
+    let b = fhir
+        .ok(
+            key,
+            &format!("/Appointment?{p}&date=ge{day}&date=le{next_day}"),
+        )
+        .await;
+    assert_eq!(ids(&b), [id(0), id(1), id(2), id(3), id(4)]);
+    // Another practitioner's search finds none of them.
+    let other = register_practitioner(&server, key, "Dr. Other").await;
+    let b = fhir
+        .ok(
+            key,
+            &format!("/Appointment?practitioner=Practitioner/{other}&date={day}"),
+        )
+        .await;
+    assert_eq!(b["total"], 0);
+}
+
+#[tokio::test]
+async fn fhir_patients_are_read_and_searched_by_his_id() {
+    let deployment = Deployment::postgres().await;
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Patients").await;
+    let other = set_up_hospital(&deployment, &server, "FHIR Patients Other").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let day = days_ahead(4);
+    // P-1: the HIS recorded the contact; bookings carry older copies.
+    book_for(&server, &h, local(day, 9, 0), "P-1", "Ada Jansen").await;
+    server
+        .gql_ok(
+            key,
+            "mutation($input: PatientContactInput!) { recordPatientContact(input: $input) { id } }",
+            json!({"input": {
+                "hisPatientId": "P-1", "name": "Ada Jansen-de Vries", "phone": "+31 6 1234 5678",
+                "email": "ada@example.org", "language": "pt-BR",
+            }}),
+        )
+        .await;
+    // P-2: known only from bookings; the newest booking's copy counts.
+    let mut input = book_input(&h.practitioner, &h.checkup, local(day, 10, 0), "P-2");
+    input["patient"]["name"] = json!("Bob Smit");
+    input["patient"]["email"] = json!("old@example.org");
+    server.gql_ok(key, BOOK, json!({"input": input})).await;
+    let mut input = book_input(&h.practitioner, &h.checkup, local(day, 8, 0), "P-2");
+    input["patient"]["name"] = json!("Bob Smit");
+    input["patient"]["phone"] = json!("+31 20 123 4567");
+    server.gql_ok(key, BOOK, json!({"input": input})).await;
+    // A HIS id that is no FHIR id.
+    let odd_his = "MRN 88/2";
+    let odd = book_for(&server, &h, local(day, 11, 0), odd_his, "Cor Vos").await;
+    // Another hospital's P-3.
+    book_for(&server, &other, local(day, 9, 0), "P-3", "Eve").await;
+    server.settle(key).await;
+    server.settle(&other.admin).await;
+
+    let p1 = fhir.ok(key, "/Patient/P-1").await;
+    assert_eq!(p1["id"], "P-1");
+    assert_eq!(
+        p1["identifier"],
+        json!([{"system": "https://buktor.dev/fhir/NamingSystem/his-patient-id", "value": "P-1"}])
+    );
+    assert_eq!(p1["name"][0]["text"], "Ada Jansen-de Vries");
+    assert_eq!(
+        p1["telecom"],
+        json!([
+            {"system": "phone", "value": "+31612345678"},
+            {"system": "email", "value": "ada@example.org"},
+        ])
+    );
+    assert_eq!(
+        p1["communication"][0]["language"]["coding"][0],
+        json!({"system": "urn:ietf:bcp:47", "code": "pt-BR"})
+    );
+    let p2 = fhir.ok(key, "/Patient/P-2").await;
+    assert_eq!(p2["name"][0]["text"], "Bob Smit");
+    assert_eq!(
+        p2["telecom"],
+        json!([{"system": "phone", "value": "+31201234567"}])
+    );
+    assert!(p2.get("communication").is_none());
+
+    // The odd HIS id: the appointment's reference reads the patient back.
+    let a = fhir.ok(key, &format!("/Appointment/{odd}")).await;
+    let reference = a["participant"][0]["actor"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let odd_id = reference.strip_prefix("Patient/").unwrap().to_owned();
+    assert!(odd_id.starts_with("--"), "{odd_id}");
+    let p = fhir.ok(key, &format!("/{reference}")).await;
+    assert_eq!(p["id"], odd_id.as_str());
+    assert_eq!(p["identifier"][0]["value"], odd_his);
+    let b = fhir
+        .ok(key, &format!("/Appointment?patient={reference}"))
+        .await;
+    assert_eq!(ids(&b), [odd.as_str()]);
+    let b = fhir.ok(key, "/Appointment?patient=%7CMRN%2088%2F2").await;
+    assert_eq!(ids(&b), [odd.as_str()]);
+
+    // Search by identifier, with or without the system.
+    for q in [
+        "identifier=P-1".to_owned(),
+        "identifier=https://buktor.dev/fhir/NamingSystem/his-patient-id%7CP-1".to_owned(),
+    ] {
+        let b = fhir.ok(key, &format!("/Patient?{q}")).await;
+        assert_eq!(
+            (b["total"].clone(), ids(&b)),
+            (json!(1), vec!["P-1".to_owned()])
+        );
+    }
+    let b = fhir.ok(key, "/Patient?identifier=MRN%2088%2F2").await;
+    assert_eq!(ids(&b), [odd_id.as_str()]);
+    let b = fhir.ok(key, "/Patient?identifier=P-404").await;
+    assert_eq!(b["total"], 0);
+
+    // Unknown, malformed and other hospitals' patients: 404; isolation in searches.
+    for path in [
+        "/Patient/P-404",
+        "/Patient/P-3",
+        "/Patient/--A",
+        "/Patient/--",
+    ] {
+        let a = fhir.get(Some(key), path).await;
+        assert_eq!((a.status, code(&a)), (404, "NOT_FOUND"), "{path}");
+    }
+    assert_eq!(fhir.ok(&other.admin, "/Patient/P-3").await["id"], "P-3");
+    assert_eq!(fhir.ok(key, "/Patient?identifier=P-3").await["total"], 0);
+    for q in [
+        "/Patient",
+        "/Patient?name=Ada",
+        "/Patient?identifier=x%7CP-1",
+    ] {
+        let a = fhir.get(Some(key), q).await;
+        assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"), "{q}");
+    }
+}
+
+#[tokio::test]
+async fn fhir_searches_page_with_links_and_include_what_they_reference() {
+    let deployment = Deployment::postgres().await;
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Paging").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let day = days_ahead(6);
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let start = local(day, 9, 0) + Duration::minutes(15 * i);
+        all.push(book_for(&server, &h, start, &format!("P-{}", i % 3), "Pat").await);
+    }
+    // A cancelled one is still a match of a practitioner search.
+    server
+        .gql_ok(
+            key,
+            "mutation($id: ID!) { cancelAppointment(id: $id, reason: \"ill\", cancelledBy: PATIENT) { id } }",
+            json!({"id": all[3]}),
+        )
+        .await;
+    server.settle(key).await;
+
+    // Follow next to the end: every match once, in order.
+    let search = format!(
+        "/Appointment?practitioner=Practitioner/{}&date={day}&_count=3",
+        h.practitioner
+    );
+    let mut page = fhir.ok(key, &search).await;
+    assert_eq!(page["total"], 7);
+    assert!(link(&page, "previous").is_none());
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    loop {
+        assert!(ids(&page).len() <= 3);
+        seen.extend(ids(&page));
+        pages.push(ids(&page));
+        match link(&page, "next") {
+            Some(next) => page = fhir.follow(key, &next).await,
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+    assert_eq!(pages.len(), 3);
+    // The last page's previous and the links' own pages.
+    let previous = fhir.follow(key, &link(&page, "previous").unwrap()).await;
+    assert_eq!(ids(&previous), pages[1]);
+    let last = fhir.follow(key, &link(&previous, "last").unwrap()).await;
+    assert_eq!(ids(&last), pages[2]);
+    let first = fhir.follow(key, &link(&last, "first").unwrap()).await;
+    assert_eq!(ids(&first), pages[0]);
+    let again = fhir.follow(key, &link(&previous, "self").unwrap()).await;
+    assert_eq!(ids(&again), pages[1]);
+    assert_eq!(again["total"], 7);
+    // _offset directly, past the end, and _count=0.
+    let b = fhir.ok(key, &format!("{search}&_offset=5")).await;
+    assert_eq!(ids(&b), all[5..]);
+    let b = fhir.ok(key, &format!("{search}&_offset=9")).await;
+    assert_eq!((b["total"].clone(), ids(&b).len()), (json!(7), 0));
+    let b = fhir
+        .ok(
+            key,
+            &format!("{}&_count=0", search.replace("&_count=3", "")),
+        )
+        .await;
+    assert_eq!(b["total"], 7);
+    assert!(ids(&b).is_empty() && link(&b, "next").is_none());
+    // Paging of other searches.
+    let b = fhir.ok(key, "/Appointment?patient=P-0&_count=2").await;
+    assert_eq!(b["total"], 3);
+    let b = fhir.follow(key, &link(&b, "next").unwrap()).await;
+    assert_eq!(ids(&b), [all[6].clone()]);
+    let slots = format!(
+        "/Slot?schedule=Schedule/{}&service-type={}&start=ge{day}&start=le{day}",
+        h.practitioner, h.checkup
+    );
+    let one = fhir.ok(key, &format!("{slots}&_count=500")).await;
+    let total = one["total"].as_u64().unwrap() as usize;
+    assert!(total > 50);
+    let mut page = fhir.ok(key, &slots).await;
+    let mut slot_ids = ids(&page);
+    while let Some(next) = link(&page, "next") {
+        page = fhir.follow(key, &next).await;
+        slot_ids.extend(ids(&page));
+    }
+    assert_eq!(slot_ids, ids(&one));
+
+    // _include: the patients and the practitioner of the page's appointments.
+    let b = fhir
+        .ok(
+            key,
+            &format!("{search}&_include=Appointment:patient&_include=Appointment:practitioner:Practitioner"),
+        )
+        .await;
+    assert_eq!(ids(&b), all[..3]);
+    assert_eq!(
+        included(&b),
+        [
+            "Patient/P-0".to_owned(),
+            "Patient/P-1".to_owned(),
+            "Patient/P-2".to_owned(),
+            format!("Practitioner/{}", h.practitioner),
+        ]
+    );
+    let patient = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["id"] == "P-1")
+        .unwrap();
+    assert_eq!(patient["search"]["mode"], "include");
+    assert_eq!(patient["resource"]["name"][0]["text"], "Pat");
+    let b = fhir
+        .ok(key, &format!("{slots}&_count=2&_include=Slot:schedule"))
+        .await;
+    assert_eq!(included(&b), [format!("Schedule/{}", h.practitioner)]);
+    let b = fhir
+        .ok(
+            key,
+            &format!(
+                "/Schedule?actor=Practitioner/{}&_include=Schedule:actor",
+                h.practitioner
+            ),
+        )
+        .await;
+    assert_eq!(ids(&b), [h.practitioner.as_str()]);
+    assert_eq!(included(&b), [format!("Practitioner/{}", h.practitioner)]);
+    // Unsupported _include values are refused, as unknown parameters are.
+    for q in [
+        format!("{search}&_include=Appointment:location"),
+        format!("{search}&_include=*"),
+        format!("{search}&_include=Appointment:patient:Practitioner"),
+        format!("{search}&_include=Slot:schedule"),
+        format!("{search}&_revinclude=Slot:schedule"),
+        format!("{search}&_offset=-1"),
+        "/Practitioner?_include=Practitioner:organization".to_owned(),
+    ] {
+        let a = fhir.get(Some(key), &q).await;
+        assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"), "{q}");
+    }
 }

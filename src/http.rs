@@ -436,7 +436,10 @@ fn with_quota(mut res: HttpResponse, q: &Quota) -> HttpResponse {
 }
 
 /// Reads the body up to the configured limit.
-pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, HttpResponse> {
+pub(crate) async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, HttpResponse> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {

@@ -152,7 +152,13 @@ pub fn book(
     )?;
     let day = ctx.schedule.local_date(cmd.start);
     let end = hold.end;
-    let held = hold_on(calendar, cmd.practitioner_id, cmd.appointment_id, hold, overriding)?;
+    let held = hold_on(
+        calendar,
+        cmd.practitioner_id,
+        cmd.appointment_id,
+        hold,
+        overriding,
+    )?;
     Ok(Decision {
         calendar: vec![(calendar_stream(cmd.practitioner_id, day), vec![held])],
         appointment: AppointmentEvent::AppointmentBooked {
@@ -199,7 +205,13 @@ pub fn reschedule(
     let released = old_calendar.release(current.practitioner_id, cmd.appointment_id);
     let calendar = match new_calendar {
         None if new_stream == old_stream => {
-            let held = hold_on(old_calendar, practitioner_id, cmd.appointment_id, hold, overriding)?;
+            let held = hold_on(
+                old_calendar,
+                practitioner_id,
+                cmd.appointment_id,
+                hold,
+                overriding,
+            )?;
             vec![(old_stream, released.into_iter().chain([held]).collect())]
         }
         None => {
@@ -210,7 +222,13 @@ pub fn reschedule(
         }
         Some(target) => {
             // A different stream: the appointment's old hold is not in it.
-            let held = hold_on(target, practitioner_id, cmd.appointment_id, hold, overriding)?;
+            let held = hold_on(
+                target,
+                practitioner_id,
+                cmd.appointment_id,
+                hold,
+                overriding,
+            )?;
             vec![
                 (old_stream, released.into_iter().collect()),
                 (new_stream, vec![held]),

@@ -61,7 +61,9 @@ pub enum DomainError {
     SameTime { start: DateTime<Utc> },
     #[error("schedule exception {0} does not exist")]
     ExceptionNotFound(uuid::Uuid),
-    #[error("version {received} of this HIS record is not newer than the applied version {applied}")]
+    #[error(
+        "version {received} of this HIS record is not newer than the applied version {applied}"
+    )]
     HisVersionNotNewer { applied: String, received: String },
     #[error("this HIS record's versions are {applied}, not {received}")]
     HisVersionKindChanged {

@@ -586,11 +586,21 @@ fn an_override_books_what_the_rules_refuse_and_records_why() {
     };
     // Taken time and a time outside every rule (midnight, Sunday).
     assert_eq!(
-        code(booking::book(&w.ctx(), &Appointment::default(), &busy, w.cmd(tue(9, 0)))),
+        code(booking::book(
+            &w.ctx(),
+            &Appointment::default(),
+            &busy,
+            w.cmd(tue(9, 0))
+        )),
         "SLOT_TAKEN"
     );
-    let d = booking::book(&w.ctx(), &Appointment::default(), &busy, overriding(tue(9, 0)))
-        .unwrap();
+    let d = booking::book(
+        &w.ctx(),
+        &Appointment::default(),
+        &busy,
+        overriding(tue(9, 0)),
+    )
+    .unwrap();
     match &d.appointment {
         AppointmentEvent::AppointmentBooked {
             rules_overridden, ..
@@ -605,7 +615,12 @@ fn an_override_books_what_the_rules_refuse_and_records_why() {
         .unwrap()
         .with_timezone(&Utc);
     assert_eq!(
-        code(booking::book(&w.ctx(), &Appointment::default(), &CalendarDay::default(), w.cmd(night))),
+        code(booking::book(
+            &w.ctx(),
+            &Appointment::default(),
+            &CalendarDay::default(),
+            w.cmd(night)
+        )),
         "OUTSIDE_AVAILABILITY"
     );
     assert!(booking::book(
@@ -621,7 +636,12 @@ fn an_override_books_what_the_rules_refuse_and_records_why() {
         ..overriding(tue(10, 0))
     };
     assert_eq!(
-        code(booking::book(&w.ctx(), &Appointment::default(), &CalendarDay::default(), unknown)),
+        code(booking::book(
+            &w.ctx(),
+            &Appointment::default(),
+            &CalendarDay::default(),
+            unknown
+        )),
         "SERVICE_NOT_FOUND"
     );
 }

@@ -100,6 +100,15 @@ impl Command for UpsertHisAppointment {
         role.can_write_appointments()
     }
 
+    // A HIS sends a practitioner's day together, so its bookings race on
+    // the day's calendar: they take turns there rather than retrying.
+    fn contention_key(&self, ctx: &CommandContext) -> Option<String> {
+        Some(buktor_domain::calendar::calendar_stream(
+            self.practitioner_id,
+            self.start.with_timezone(&ctx.time_zone).date_naive(),
+        ))
+    }
+
     async fn decide(
         &self,
         s: &Scheduler,

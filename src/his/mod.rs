@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, HisVersioned, Scheduler};
+use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, HisVersioned};
 use crate::auth::Principal;
 use crate::http::AppState;
 use model::{
@@ -340,10 +340,6 @@ async fn single<B: DeserializeOwned>(
     Ok((context(req, &p, key), body))
 }
 
-fn scheduler(state: &AppState) -> &Scheduler {
-    &state.scheduler
-}
-
 #[utoipa::path(
     put, path = "/his/v1/practitioners/{hisId}", tag = "practitioners",
     params(("hisId" = String, Path, description = "The HIS's practitioner id")),
@@ -368,7 +364,7 @@ async fn put_practitioner(
             ctx,
             body.parse(&path),
             &path,
-            |c| async move { scheduler(&state).his_upsert_practitioner(ctx, &c).await },
+            |c| async move { state.scheduler.his_upsert_practitioner(ctx, &c).await },
         )
         .await,
     ))
@@ -399,7 +395,7 @@ async fn put_schedule(
             ctx,
             parsed,
             &path,
-            |c| async move { scheduler(&state).his_replace_schedule(ctx, &c).await },
+            |c| async move { state.scheduler.his_replace_schedule(ctx, &c).await },
         )
         .await,
     ))
@@ -426,7 +422,7 @@ async fn put_service(
     let parsed = body.parse(ctx.tenant, &path);
     Ok(answer(
         apply(HisRecordKind::Service, ctx, parsed, &path, |c| async move {
-            scheduler(&state).his_upsert_service(ctx, &c).await
+            state.scheduler.his_upsert_service(ctx, &c).await
         })
         .await,
     ))
@@ -456,7 +452,7 @@ async fn put_patient(
             ctx,
             body.parse(&path),
             &path,
-            |c| async move { scheduler(&state).his_record_patient_contact(ctx, &c).await },
+            |c| async move { state.scheduler.his_record_patient_contact(ctx, &c).await },
         )
         .await,
     ))
@@ -489,7 +485,7 @@ async fn put_appointment(
             ctx,
             parsed,
             &path,
-            |c| async move { scheduler(&state).his_upsert_appointment(ctx, &c).await },
+            |c| async move { state.scheduler.his_upsert_appointment(ctx, &c).await },
         )
         .await,
     ))
@@ -520,7 +516,7 @@ async fn cancel_appointment(
             ctx,
             parsed,
             &path,
-            |c| async move { scheduler(&state).his_cancel_appointment(ctx, &c).await },
+            |c| async move { state.scheduler.his_cancel_appointment(ctx, &c).await },
         )
         .await,
     ))
@@ -542,7 +538,7 @@ async fn step(
             ctx,
             parsed,
             &path,
-            |c| async move { scheduler(&state).his_record_attendance(ctx, &c).await },
+            |c| async move { state.scheduler.his_record_attendance(ctx, &c).await },
         )
         .await,
     ))
@@ -739,14 +735,14 @@ async fn bulk(req: HttpRequest, state: web::Data<AppState>, payload: web::Payloa
     let p = his_caller(&req, &state).await?;
     let key = idempotency_key(&req).map_err(|p| p.response())?;
     let body: BulkBody = json_body(payload, MAX_BULK_BYTES).await?;
-    if body.len() > MAX_BULK_RECORDS {
+    if body.records() > MAX_BULK_RECORDS {
         return Err(Refused(
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TOO_MANY_RECORDS",
                 format!(
                     "{} records; send at most {MAX_BULK_RECORDS} per request",
-                    body.len()
+                    body.records()
                 ),
             )
             .response(),
@@ -756,7 +752,7 @@ async fn bulk(req: HttpRequest, state: web::Data<AppState>, payload: web::Payloa
     let tenant = ctx.tenant;
     let zone = ctx.time_zone;
     let s = &state.scheduler;
-    let mut results = Vec::with_capacity(body.len());
+    let mut results = Vec::with_capacity(body.records());
     results.extend(
         bulk_group(
             &ctx,

@@ -675,7 +675,8 @@ pub struct BulkBody {
 }
 
 impl BulkBody {
-    pub fn len(&self) -> usize {
+    /// How many records the request carries.
+    pub fn records(&self) -> usize {
         self.practitioners.len()
             + self.services.len()
             + self.schedules.len()

@@ -605,7 +605,9 @@ async fn his_bad_requests_get_problem_details_and_change_nothing() {
         edit(&mut b);
         b
     };
-    let bodies: Vec<(&str, &str, Value, u16, &str, Option<&str>)> = vec![
+    // (what, path, body, status, code, field at fault)
+    type Case<'a> = (&'a str, &'a str, Value, u16, &'a str, Option<&'a str>);
+    let bodies: Vec<Case> = vec![
         (
             "misspelt field",
             "/appointments/APT-1",

@@ -1,6 +1,6 @@
+mod reminder_store;
 mod store_conformance;
 mod store_group_commit;
-mod reminder_store;
 mod support;
 mod webhook_store;
 

@@ -115,6 +115,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         ..Config::default()
     };
     let state = Arc::new(AppState::new(&config, store.clone()));
+    let metrics = state.metrics.clone();
     let tenant =
         buktor::demo::create_tenant(&state.scheduler, "Bench HIS Hospital", chrono_tz::UTC).await?;
     let key = generate_api_key(tenant.id, Role::HisSystem, "bench HIS");
@@ -212,7 +213,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         row.get(0)
     };
     println!(
-        "his-import appointments={} batch={} clients={} practitioners={} elapsed_s={:.2} appointments_per_s={:.0} request_p50_ms={:.0} request_p99_ms={:.0} failed={failed}",
+        "his-import appointments={} batch={} clients={} practitioners={} elapsed_s={:.2} appointments_per_s={:.0} request_p50_ms={:.0} request_p99_ms={:.0} failed={failed} conflicts={}",
         o.appointments,
         o.batch,
         o.clients,
@@ -221,6 +222,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         o.appointments as f64 / elapsed.as_secs_f64(),
         percentile_ms(&latencies, 0.50),
         percentile_ms(&latencies, 0.99),
+        metrics.conflicts.get(),
     );
     let passed = failed == 0 && booked as usize == o.appointments;
     println!(

@@ -675,3 +675,152 @@ async fn bad_settings_are_refused_with_typed_errors_and_other_hospitals_see_noth
     assert_eq!(server.gql_ok(&admin, SETTINGS, json!({})).await, after);
     let _ = data(&after);
 }
+
+/// A `/his/v1` write with a his-system key; answers the result's Buktor id.
+async fn his_write(
+    server: &TestServer,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    idem: &str,
+    body: Value,
+) -> Value {
+    let res = reqwest::Client::new()
+        .request(method, format!("{}/his/v1{path}", server.url))
+        .bearer_auth(key)
+        .header("idempotency-key", idem)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {answer}");
+    answer
+}
+
+/// Changes the HIS makes through `/his/v1` drive the notifications as
+/// Buktor's own do: the booking e-mail goes to the contact the HIS recorded,
+/// a move moves the reminder, a cancellation cancels it, and after the
+/// restart at the due time only the moved appointment's reminder is sent,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_sent_by_the_his_move_and_cancel_reminders_as_buktors_own_do() {
+    use reqwest::Method;
+    let sink = SmtpSink::start().await;
+    let deployment = Deployment::postgres().await;
+    let mut server = deployment
+        .start_with(options(t("2027-03-25T12:00:00Z"), &sink))
+        .await;
+    let (tenant, admin) = deployment.tenant_with_admin("HIS Reminders").await;
+    let his = deployment.create_api_key(&tenant, "his-system").await;
+    configure(&server, &admin, None).await;
+    rule(&server, &admin, json!({"minutesBefore": 120})).await;
+    let master = json!({
+        "practitioners": [{"hisId": "DOC-1", "version": 1, "name": "Dr. Ada Lovelace", "specialty": "Cardiology"}],
+        "services": [{"hisId": "SVC-1", "version": 1, "name": "Check-up", "durationMinutes": 15, "practitionerIds": ["DOC-1"]}],
+        "schedules": [{"practitionerId": "DOC-1", "version": 1, "weeklyRules": [{
+            "weekdays": ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"],
+            "start": "07:00", "end": "17:00", "gridMinutes": 15, "effectiveFrom": "2020-01-01"}]}],
+        "patients": [{"hisId": "P-1", "version": 1, "name": "Ada Jansen", "email": "ada@example.org", "language": "en"},
+                     {"hisId": "P-2", "version": 1, "name": "Bob Smit", "email": "bob@example.org"}],
+    });
+    let loaded = his_write(&server, &his, Method::POST, "/bulk", "master", master).await;
+    assert_eq!(loaded["summary"]["failed"], 0, "{loaded}");
+    let appointment = |start: &str, patient: &str, version: i64| {
+        json!({"version": version, "practitionerId": "DOC-1", "serviceId": "SVC-1", "start": start,
+               "patient": {"hisId": patient, "email": "stale-copy@example.org"}})
+    };
+    let a = his_write(
+        &server,
+        &his,
+        Method::PUT,
+        "/appointments/A-1",
+        "a1",
+        appointment("2027-03-29T10:00", "P-1", 1),
+    )
+    .await;
+    let a = a["id"].as_str().unwrap().to_owned();
+    let b = his_write(
+        &server,
+        &his,
+        Method::PUT,
+        "/appointments/B-1",
+        "b1",
+        appointment("2027-03-29T11:00", "P-2", 1),
+    )
+    .await;
+    let b = b["id"].as_str().unwrap().to_owned();
+    sink.wait_until(WAIT, "two booked e-mails", |m| m.len() == 2)
+        .await;
+    assert!(sink.mails_to("stale-copy@example.org").is_empty());
+    let n = wait_notifications(&server, &admin, &a, "A's reminder planned", |n| {
+        of(n, "REMINDER", "SCHEDULED").len() == 1
+    })
+    .await;
+    // 10:00 CEST on 29 March is 08:00 UTC; two hours before.
+    assert_eq!(
+        due_times(&n, "REMINDER", "SCHEDULED"),
+        vec![t("2027-03-29T06:00:00Z")]
+    );
+
+    // The HIS moves A to the next day and cancels B.
+    his_write(
+        &server,
+        &his,
+        Method::PUT,
+        "/appointments/A-1",
+        "a2",
+        appointment("2027-03-30T10:00", "P-1", 2),
+    )
+    .await;
+    his_write(
+        &server,
+        &his,
+        Method::POST,
+        "/appointments/B-1/cancel",
+        "b2",
+        json!({"version": 2, "reason": "Ward closed"}),
+    )
+    .await;
+    let na = wait_notifications(&server, &admin, &a, "A's reminder moved", |n| {
+        of(n, "REMINDER", "CANCELLED").len() == 1 && of(n, "RESCHEDULED", "SENT").len() == 1
+    })
+    .await;
+    assert_eq!(
+        due_times(&na, "REMINDER", "SCHEDULED"),
+        vec![t("2027-03-30T06:00:00Z")]
+    );
+    let nb = wait_notifications(&server, &admin, &b, "B's reminder cancelled", |n| {
+        of(n, "REMINDER", "CANCELLED").len() == 1 && of(n, "CANCELLED", "SENT").len() == 1
+    })
+    .await;
+    assert!(of(&nb, "REMINDER", "SCHEDULED").is_empty());
+    sink.wait_until(WAIT, "the rescheduled and cancelled e-mails", |m| {
+        m.len() == 4
+    })
+    .await;
+
+    // B's old due time passes: nothing. A's comes: one reminder, to the HIS's address.
+    server
+        .restart_with(options(t("2027-03-29T07:00:05Z"), &sink))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sink.mails().len(), 4, "{:#?}", sink.mails());
+    server
+        .restart_with(options(t("2027-03-30T06:00:05Z"), &sink))
+        .await;
+    sink.wait_until(WAIT, "A's reminder", |m| m.len() == 5)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = sink.mails_to("ada@example.org");
+    assert_eq!(mails.len(), 3, "booked, rescheduled, reminder: {mails:#?}");
+    assert!(
+        sink.mails_to("bob@example.org").len() == 2,
+        "booked and cancelled only"
+    );
+    wait_notifications(&server, &admin, &a, "A's reminder recorded as sent", |n| {
+        of(n, "REMINDER", "SENT").len() == 1
+    })
+    .await;
+}

@@ -20,6 +20,7 @@ pub mod model;
 pub mod openapi;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -30,7 +31,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, HisVersioned};
+use crate::app::{AppError, Attendance, CommandContext, CommandOutcome, HisVersioned, Scheduler};
 use crate::auth::Principal;
 use crate::http::AppState;
 use model::{
@@ -328,16 +329,33 @@ fn answer(result: Result<WriteResult, Problem>) -> HttpResponse {
 }
 
 /// The frame every single-record write shares: a HIS caller, an
-/// idempotency key, a body within the limit.
-async fn single<B: DeserializeOwned>(
-    req: &HttpRequest,
-    state: &AppState,
+/// idempotency key, a body within the limit, parsed for the caller's
+/// hospital, and the change run under its version guard.
+#[allow(clippy::too_many_arguments)]
+async fn write<B, C, Fut>(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
     payload: web::Payload,
-) -> Result<(CommandContext, B), HttpResponse> {
-    let p = his_caller(req, state).await?;
-    let key = idempotency_key(req).map_err(|p| p.response())?;
-    let body = json_body(payload, state.max_body_bytes).await?;
-    Ok((context(req, &p, key), body))
+    kind: HisRecordKind,
+    parse: impl FnOnce(B, &CommandContext, &str) -> Invalid<Parsed<C>>,
+    run: impl FnOnce(Arc<Scheduler>, CommandContext, HisVersioned<C>) -> Fut,
+) -> Handler
+where
+    B: DeserializeOwned,
+    Fut: Future<Output = Result<CommandOutcome, AppError>>,
+{
+    let p = his_caller(&req, &state).await?;
+    let key = idempotency_key(&req).map_err(|p| p.response())?;
+    let body: B = json_body(payload, state.max_body_bytes).await?;
+    let ctx = context(&req, &p, key);
+    let parsed = parse(body, &ctx, &path);
+    let scheduler = state.scheduler.clone();
+    let result = apply(kind, &ctx, parsed, &path, |c| {
+        run(scheduler, ctx.clone(), c)
+    })
+    .await;
+    Ok(answer(result))
 }
 
 #[utoipa::path(
@@ -356,18 +374,16 @@ async fn put_practitioner(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, PractitionerBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    Ok(answer(
-        apply(
-            HisRecordKind::Practitioner,
-            ctx,
-            body.parse(&path),
-            &path,
-            |c| async move { state.scheduler.his_upsert_practitioner(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Practitioner,
+        |b: PractitionerBody, _, id| b.parse(id),
+        |s, ctx, c| async move { s.his_upsert_practitioner(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -386,19 +402,16 @@ async fn put_schedule(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, ScheduleBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    let parsed = body.parse(ctx.tenant, &path);
-    Ok(answer(
-        apply(
-            HisRecordKind::Schedule,
-            ctx,
-            parsed,
-            &path,
-            |c| async move { state.scheduler.his_replace_schedule(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Schedule,
+        |b: ScheduleBody, ctx, id| b.parse(ctx.tenant, id),
+        |s, ctx, c| async move { s.his_replace_schedule(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -417,15 +430,16 @@ async fn put_service(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, ServiceBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    let parsed = body.parse(ctx.tenant, &path);
-    Ok(answer(
-        apply(HisRecordKind::Service, ctx, parsed, &path, |c| async move {
-            state.scheduler.his_upsert_service(ctx, &c).await
-        })
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Service,
+        |b: ServiceBody, ctx, id| b.parse(ctx.tenant, id),
+        |s, ctx, c| async move { s.his_upsert_service(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -444,18 +458,16 @@ async fn put_patient(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, PatientBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    Ok(answer(
-        apply(
-            HisRecordKind::Patient,
-            ctx,
-            body.parse(&path),
-            &path,
-            |c| async move { state.scheduler.his_record_patient_contact(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Patient,
+        |b: PatientBody, _, id| b.parse(id),
+        |s, ctx, c| async move { s.his_record_patient_contact(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -476,19 +488,16 @@ async fn put_appointment(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, AppointmentBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    let parsed = body.parse(ctx.tenant, ctx.time_zone, &path);
-    Ok(answer(
-        apply(
-            HisRecordKind::Appointment,
-            ctx,
-            parsed,
-            &path,
-            |c| async move { state.scheduler.his_upsert_appointment(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Appointment,
+        |b: AppointmentBody, ctx, id| b.parse(ctx.tenant, ctx.time_zone, id),
+        |s, ctx, c| async move { s.his_upsert_appointment(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -507,19 +516,16 @@ async fn cancel_appointment(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Handler {
-    let (ctx, body): (_, CancelBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    let parsed = body.parse(ctx.tenant, &path);
-    Ok(answer(
-        apply(
-            HisRecordKind::Appointment,
-            ctx,
-            parsed,
-            &path,
-            |c| async move { state.scheduler.his_cancel_appointment(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Appointment,
+        |b: CancelBody, ctx, id| b.parse(ctx.tenant, id),
+        |s, ctx, c| async move { s.his_cancel_appointment(&ctx, &c).await },
+    )
+    .await
 }
 
 async fn step(
@@ -529,19 +535,16 @@ async fn step(
     payload: web::Payload,
     step: Attendance,
 ) -> Handler {
-    let (ctx, body): (_, StepBody) = single(&req, &state, payload).await?;
-    let (ctx, state) = (&ctx, &*state);
-    let parsed = body.parse(ctx.tenant, &path, step);
-    Ok(answer(
-        apply(
-            HisRecordKind::Appointment,
-            ctx,
-            parsed,
-            &path,
-            |c| async move { state.scheduler.his_record_attendance(ctx, &c).await },
-        )
-        .await,
-    ))
+    write(
+        req,
+        state,
+        path,
+        payload,
+        HisRecordKind::Appointment,
+        |b: StepBody, ctx, id| b.parse(ctx.tenant, id, step),
+        |s, ctx, c| async move { s.his_record_attendance(&ctx, &c).await },
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -680,7 +683,9 @@ fn failed(kind: HisRecordKind, his_id: Option<&str>, p: Problem) -> WriteResult 
 }
 
 /// Runs one group of a bulk request, at most `BULK_CONCURRENCY` at a time.
+#[allow(clippy::too_many_arguments)]
 async fn bulk_group<B, C, P, R, Fut>(
+    scheduler: &Arc<Scheduler>,
     ctx: &CommandContext,
     kind: HisRecordKind,
     key: &str,
@@ -691,7 +696,7 @@ async fn bulk_group<B, C, P, R, Fut>(
 ) -> Vec<WriteResult>
 where
     P: Fn(B, &str) -> Invalid<Parsed<C>>,
-    R: Fn(CommandContext, HisVersioned<C>) -> Fut,
+    R: Fn(Arc<Scheduler>, CommandContext, HisVersioned<C>) -> Fut,
     Fut: Future<Output = Result<CommandOutcome, AppError>>,
 {
     let parse = &parse;
@@ -711,9 +716,11 @@ where
                 };
                 let parsed = parse(item, raw);
                 let c = ctx.clone();
-                apply(kind, &ctx, parsed, raw, |cmd| run(c, cmd))
-                    .await
-                    .unwrap_or_else(|p| failed(kind, Some(raw), p))
+                apply(kind, &ctx, parsed, raw, |cmd| {
+                    run(scheduler.clone(), c, cmd)
+                })
+                .await
+                .unwrap_or_else(|p| failed(kind, Some(raw), p))
             }
         })
         .buffered(BULK_CONCURRENCY)
@@ -751,65 +758,69 @@ async fn bulk(req: HttpRequest, state: web::Data<AppState>, payload: web::Payloa
     let ctx = context(&req, &p, key.clone());
     let tenant = ctx.tenant;
     let zone = ctx.time_zone;
-    let s = &state.scheduler;
     let mut results = Vec::with_capacity(body.records());
     results.extend(
         bulk_group(
+            &state.scheduler,
             &ctx,
             HisRecordKind::Practitioner,
             &key,
             body.practitioners,
             |b| b.his_id.clone(),
             |b, id| b.parse(id),
-            |c, cmd| async move { s.his_upsert_practitioner(&c, &cmd).await },
+            |s, c, cmd| async move { s.his_upsert_practitioner(&c, &cmd).await },
         )
         .await,
     );
     results.extend(
         bulk_group(
+            &state.scheduler,
             &ctx,
             HisRecordKind::Service,
             &key,
             body.services,
             |b| b.his_id.clone(),
             |b, id| b.parse(tenant, id),
-            |c, cmd| async move { s.his_upsert_service(&c, &cmd).await },
+            |s, c, cmd| async move { s.his_upsert_service(&c, &cmd).await },
         )
         .await,
     );
     results.extend(
         bulk_group(
+            &state.scheduler,
             &ctx,
             HisRecordKind::Schedule,
             &key,
             body.schedules,
             |b| b.practitioner_id.clone(),
             |b, id| b.parse(tenant, id),
-            |c, cmd| async move { s.his_replace_schedule(&c, &cmd).await },
+            |s, c, cmd| async move { s.his_replace_schedule(&c, &cmd).await },
         )
         .await,
     );
     results.extend(
         bulk_group(
+            &state.scheduler,
             &ctx,
             HisRecordKind::Patient,
             &key,
             body.patients,
             |b| b.his_id.clone(),
             |b, id| b.parse(id),
-            |c, cmd| async move { s.his_record_patient_contact(&c, &cmd).await },
+            |s, c, cmd| async move { s.his_record_patient_contact(&c, &cmd).await },
         )
         .await,
     );
     results.extend(
         bulk_group(
+            &state.scheduler,
             &ctx,
             HisRecordKind::Appointment,
             &key,
             body.appointments,
             |b| b.his_id.clone(),
             |b, id| b.parse(tenant, zone, id),
-            |c, cmd| async move { s.his_upsert_appointment(&c, &cmd).await },
+            |s, c, cmd| async move { s.his_upsert_appointment(&c, &cmd).await },
         )
         .await,
     );

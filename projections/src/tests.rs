@@ -395,6 +395,8 @@ impl World {
                 start,
                 patient: patient(his_id),
                 note: note.map(reason),
+                his_appointment_id: None,
+                overriding: None,
             },
         )?;
         self.commit(id, decision);
@@ -434,6 +436,7 @@ impl World {
                 practitioner_id: None,
                 start,
                 reason: why.map(reason),
+                overriding: None,
             },
         )?;
         self.commit(id, decision);
@@ -1439,6 +1442,7 @@ fn patient_history_tracks_each_appointment_through_its_lifecycle() {
             calendar_day: d(2026, 12, 1),
             patient: patient("HIS-42"),
             note: None,
+            his_appointment_id: None,
             status: AppointmentStatus::Booked,
             cancellation: None,
         }

@@ -123,6 +123,24 @@ impl Practitioner {
         }])
     }
 
+    /// The practitioner as their master record (the HIS) has it now:
+    /// registered if new, else updated, then activated or deactivated.
+    pub fn sync(
+        &self,
+        id: PractitionerId,
+        details: PractitionerDetails,
+        active: bool,
+    ) -> DomainResult<Vec<PractitionerEvent>> {
+        let mut state = self.clone();
+        let mut events = match self.registered {
+            Some(_) => self.update(id, details)?,
+            None => self.register(id, details)?,
+        };
+        events.iter().for_each(|e| state.apply(e));
+        events.extend(state.set_active(id, active)?);
+        Ok(events)
+    }
+
     pub fn set_active(
         &self,
         id: PractitionerId,

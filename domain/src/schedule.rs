@@ -332,6 +332,41 @@ impl Schedule {
         }])
     }
 
+    /// The whole schedule as its master record (the HIS) has it: the weekly
+    /// rules, and exactly `exceptions` (others are removed, changed ones
+    /// replaced).
+    pub fn replace(
+        &self,
+        practitioner_id: PractitionerId,
+        time_zone: Tz,
+        rules: Vec<WeeklyRule>,
+        exceptions: &[ScheduleException],
+    ) -> DomainResult<Vec<ScheduleEvent>> {
+        let mut state = self.clone();
+        let mut events = Vec::new();
+        let mut record = |state: &mut Schedule, decided: Vec<ScheduleEvent>| {
+            decided.iter().for_each(|e| state.apply(e));
+            events.extend(decided);
+        };
+        let decided = state.set_weekly_rules(practitioner_id, time_zone, rules)?;
+        record(&mut state, decided);
+        let outdated: Vec<Uuid> = state
+            .exceptions
+            .iter()
+            .filter(|(id, existing)| !exceptions.iter().any(|e| e.id == **id && e == *existing))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in outdated {
+            let decided = state.remove_exception(practitioner_id, id)?;
+            record(&mut state, decided);
+        }
+        for exception in exceptions {
+            let decided = state.add_exception(practitioner_id, exception.clone())?;
+            record(&mut state, decided);
+        }
+        Ok(events)
+    }
+
     pub fn remove_exception(
         &self,
         practitioner_id: PractitionerId,

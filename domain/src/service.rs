@@ -185,6 +185,24 @@ impl Service {
         }])
     }
 
+    /// The service as its master record (the HIS) has it now: defined if
+    /// new, else updated, then activated or deactivated as needed.
+    pub fn sync(
+        &self,
+        id: ServiceId,
+        details: ServiceDetails,
+        active: bool,
+    ) -> DomainResult<Vec<ServiceEvent>> {
+        let mut state = self.clone();
+        let mut events = match self.defined {
+            Some(_) => self.update(id, details)?,
+            None => self.define(id, details)?,
+        };
+        events.iter().for_each(|e| state.apply(e));
+        events.extend(state.set_active(id, active)?);
+        Ok(events)
+    }
+
     pub fn set_active(&self, id: ServiceId, active: bool) -> DomainResult<Vec<ServiceEvent>> {
         let current = self.get(id)?;
         Ok(match (current.active, active) {

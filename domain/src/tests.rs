@@ -672,3 +672,56 @@ fn patient_contact_is_recorded_once_per_change() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_replaced_schedule_keeps_exactly_the_exceptions_sent() {
+    use crate::schedule::ScheduleException;
+    let w = world();
+    let day = |d| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    let leave = |id: u128, d| {
+        ScheduleException::unavailable(uuid::Uuid::from_u128(id), day(d), None, None, None).unwrap()
+    };
+    let rules = w.schedule.rules.clone();
+    let p = w.practitioner_id;
+    let first = w
+        .schedule
+        .replace(p, TZ, rules.clone(), &[leave(1, 2), leave(2, 3)])
+        .unwrap();
+    let applied = |base: &Schedule, events: &[crate::schedule::ScheduleEvent]| {
+        let mut s = base.clone();
+        events.iter().for_each(|e| s.apply(e));
+        s
+    };
+    let schedule = applied(&w.schedule, &first);
+    // The same again changes nothing; one dropped and one moved are removed and re-added.
+    assert!(schedule
+        .replace(p, TZ, rules.clone(), &[leave(1, 2), leave(2, 3)])
+        .unwrap()
+        .is_empty());
+    let second = schedule.replace(p, TZ, rules, &[leave(2, 4)]).unwrap();
+    let after = applied(&schedule, &second);
+    assert_eq!(after.exceptions.len(), 1);
+    assert_eq!(after.exceptions[&uuid::Uuid::from_u128(2)].date, day(4));
+}
+
+#[test]
+fn a_synced_practitioner_is_registered_then_updated_and_deactivated() {
+    let id = PractitionerId::new();
+    let details = |name: &str| PractitionerDetails {
+        name: Name::parse("name", name).unwrap(),
+        specialty: Name::parse("specialty", "Cardiology").unwrap(),
+        department: None,
+        location: None,
+        external_id: Some(ShortText::parse("hisId", "DOC-1").unwrap()),
+    };
+    let created = Practitioner::default()
+        .sync(id, details("Dr. A"), true)
+        .unwrap();
+    assert_eq!(created.len(), 1);
+    let p = Practitioner::from_events(&created);
+    assert!(p.sync(id, details("Dr. A"), true).unwrap().is_empty());
+    let changed = p.sync(id, details("Dr. B"), false).unwrap();
+    let p = Practitioner::from_events(created.iter().chain(&changed));
+    let now = p.get(id).unwrap();
+    assert_eq!((now.details.name.as_str(), now.active), ("Dr. B", false));
+}

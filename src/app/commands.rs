@@ -626,7 +626,7 @@ impl RecordAttendance {
 
 impl Scheduler {
     /// Decides a command that changes only the one stream it loads.
-    async fn decide_on<A>(
+    pub(super) async fn decide_on<A>(
         &self,
         ctx: &CommandContext,
         cache: fn(&Scheduler) -> &super::cache::AggregateCache<A>,

@@ -9,12 +9,10 @@ use buktor_domain::appointment::{Appointment, AppointmentStatus};
 use buktor_domain::booking::stream_id;
 use buktor_domain::his::{his_record_stream, HisRecordKind, HisVersion};
 use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
-use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
+use buktor_domain::schedule::{ScheduleException, WeeklyRule};
 use buktor_domain::service::{Service, ServiceDetails};
 use buktor_domain::values::{PatientRef, Reason, ShortText};
-use buktor_domain::{
-    Aggregate, AppointmentId, DomainError, PractitionerId, Role, ServiceId, TenantId,
-};
+use buktor_domain::{AppointmentId, DomainError, PractitionerId, Role, ServiceId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -208,22 +206,14 @@ impl Command for UpsertHisPractitioner {
             .ok_or_else(|| DomainError::invalid("hisId", "is required"))?;
         let id =
             PractitionerId::from_uuid(HisRecordKind::Practitioner.buktor_id(ctx.tenant, his_id));
-        let stream = stream_id::<Practitioner>(id);
-        let current = s.load(ctx.tenant, &s.practitioners, &stream).await?;
-        let mut state = current.state.clone();
-        let mut events = if state.registered.is_some() {
-            state.update(id, self.details.clone())?
-        } else {
-            state.register(id, self.details.clone())?
-        };
-        events.iter().for_each(|e| state.apply(e));
-        events.extend(state.set_active(id, self.active)?);
-        Ok(Decided {
-            id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.practitioners
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.practitioners,
+            stream_id::<Practitioner>(id),
+            id.as_uuid(),
+            |state| state.sync(id, self.details.clone(), self.active),
+        )
+        .await
     }
 }
 
@@ -249,22 +239,14 @@ impl Command for UpsertHisService {
             .ok_or_else(|| DomainError::invalid("hisId", "is required"))?;
         let id = ServiceId::from_uuid(HisRecordKind::Service.buktor_id(ctx.tenant, his_id));
         s.ensure_practitioners_exist(ctx, &self.details).await?;
-        let stream = stream_id::<Service>(id);
-        let current = s.load(ctx.tenant, &s.services, &stream).await?;
-        let mut state = current.state.clone();
-        let mut events = if state.get(id).is_ok() {
-            state.update(id, self.details.clone())?
-        } else {
-            state.define(id, self.details.clone())?
-        };
-        events.iter().for_each(|e| state.apply(e));
-        events.extend(state.set_active(id, self.active)?);
-        Ok(Decided {
-            id: id.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.services
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.services,
+            stream_id::<Service>(id),
+            id.as_uuid(),
+            |state| state.sync(id, self.details.clone(), self.active),
+        )
+        .await
     }
 }
 
@@ -289,40 +271,15 @@ impl Command for ReplaceHisSchedule {
         let stream = s
             .schedule_stream_of_existing(ctx, self.practitioner_id)
             .await?;
-        let current = s.load(ctx.tenant, &s.schedules, &stream).await?;
         let p = self.practitioner_id;
-        let mut state: Schedule = current.state.clone();
-        let mut events = state.set_weekly_rules(p, ctx.time_zone, self.rules.clone())?;
-        events.iter().for_each(|e| state.apply(e));
-        let stale: Vec<Uuid> = state
-            .exceptions
-            .iter()
-            .filter(|(id, existing)| {
-                !self
-                    .exceptions
-                    .iter()
-                    .any(|e| e.id == **id && e == *existing)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            for e in state.remove_exception(p, id)? {
-                state.apply(&e);
-                events.push(e);
-            }
-        }
-        for exception in &self.exceptions {
-            for e in state.add_exception(p, exception.clone())? {
-                state.apply(&e);
-                events.push(e);
-            }
-        }
-        Ok(Decided {
-            id: p.as_uuid(),
-            streams: vec![Pending::new(ctx.tenant, stream, current, events, |s| {
-                &s.schedules
-            })],
-        })
+        s.decide_on(
+            ctx,
+            |s| &s.schedules,
+            stream,
+            p.as_uuid(),
+            |state| state.replace(p, ctx.time_zone, self.rules.clone(), &self.exceptions),
+        )
+        .await
     }
 }
 

@@ -754,6 +754,33 @@ fn own_cpu_secs() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// A subcommand's arguments: the database URL and numeric flags, each
+/// named with its default in `flags`; answers the URL and the values in
+/// the order of `flags`.
+fn url_and_counts<const N: usize>(
+    args: &[String],
+    flags: [(&str, usize); N],
+) -> anyhow::Result<(String, [usize; N])> {
+    let mut values = flags.map(|(_, default)| default);
+    let mut url = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(i) = flags.iter().position(|(name, _)| name == a) {
+            values[i] = it
+                .next()
+                .with_context(|| format!("{a} needs a value"))?
+                .parse()
+                .with_context(|| format!("{a} needs a number"))?;
+        } else if !a.starts_with("--") && url.is_none() {
+            url = Some(a.clone());
+        } else {
+            bail!("unknown argument {a:?}");
+        }
+    }
+    let url = url.context("the first argument is the database URL")?;
+    Ok((url, values))
+}
+
 fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

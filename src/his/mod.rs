@@ -621,7 +621,7 @@ async fn get_appointment(
     let p = his_caller(&req, &state).await?;
     let tenant = p.tenant.id;
     let found = async {
-        let his_id = model::his_id("hisId", &path)?;
+        let his_id = model::parse_his_id("hisId", &path)?;
         let id = model::appointment_id(tenant, &his_id);
         let Some(a) = state.scheduler.appointment(tenant, id).await? else {
             return Err(unknown_ids(AppError::Domain(

@@ -35,13 +35,13 @@ fn invalid(field: &'static str, message: impl Into<String>) -> DomainError {
     DomainError::invalid(field, message)
 }
 
-pub fn his_id(field: &'static str, raw: &str) -> Invalid<ShortText> {
+pub fn parse_his_id(field: &'static str, raw: &str) -> Invalid<ShortText> {
     ShortText::parse(field, raw)
 }
 
 /// The path's id, and the body's when it names one too: they must agree.
 pub fn record_id(path: &str, body: Option<&str>) -> Invalid<ShortText> {
-    let id = his_id("hisId", path)?;
+    let id = parse_his_id("hisId", path)?;
     match body {
         Some(b) if b.trim() != id.as_str() => Err(invalid(
             "hisId",
@@ -191,7 +191,7 @@ impl ServiceBody {
         let practitioners = self
             .practitioner_ids
             .iter()
-            .map(|p| his_id_of("practitionerIds", p).map(|p| practitioner_id(tenant, &p)))
+            .map(|p| parse_his_id("practitionerIds", p).map(|p| practitioner_id(tenant, &p)))
             .collect::<Invalid<Vec<_>>>()?;
         let details = ServiceDetails::parse(
             &self.name,
@@ -214,10 +214,6 @@ impl ServiceBody {
             overriding: None,
         })
     }
-}
-
-fn his_id_of(field: &'static str, raw: &str) -> Invalid<ShortText> {
-    his_id(field, raw)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
@@ -305,8 +301,8 @@ impl ScheduleBody {
         tenant: TenantId,
         path_id: &str,
     ) -> Invalid<Parsed<crate::app::ReplaceHisSchedule>> {
-        let his_id = record_id(path_id, self.practitioner_id.as_deref())?;
-        let practitioner = practitioner_id(tenant, &his_id);
+        let practitioner_his_id = record_id(path_id, self.practitioner_id.as_deref())?;
+        let practitioner = practitioner_id(tenant, &practitioner_his_id);
         let rules = self
             .weekly_rules
             .into_iter()
@@ -326,14 +322,14 @@ impl ScheduleBody {
             .exceptions
             .into_iter()
             .map(|e| {
-                let eid = his_id_of("exceptions.hisId", &e.his_id)?;
+                let eid = parse_his_id("exceptions.hisId", &e.his_id)?;
                 if !seen.insert(eid.clone()) {
                     return Err(invalid(
                         "exceptions.hisId",
                         format!("{:?} appears twice", eid.as_str()),
                     ));
                 }
-                let id = exception_id(tenant, &his_id, &eid);
+                let id = exception_id(tenant, &practitioner_his_id, &eid);
                 let reason = optional(e.reason.as_deref(), |s| {
                     Reason::parse("exceptions.reason", s)
                 })?;
@@ -361,7 +357,7 @@ impl ScheduleBody {
                 rules,
                 exceptions,
             },
-            his_id,
+            his_id: practitioner_his_id,
             overriding: None,
         })
     }
@@ -478,7 +474,7 @@ impl AppointmentBody {
         let overriding = overriding(self.force, self.force_reason.as_deref())?;
         let p = self.patient;
         let patient = PatientRef {
-            his_patient_id: his_id_of("patient.hisId", &p.his_id)?,
+            his_patient_id: parse_his_id("patient.hisId", &p.his_id)?,
             name: optional(p.name.as_deref(), |s| Name::parse("patient.name", s))?,
             phone: optional(p.phone.as_deref(), Phone::parse)?,
             email: optional(p.email.as_deref(), Email::parse)?,
@@ -489,9 +485,9 @@ impl AppointmentBody {
                 his_appointment_id: his_id.clone(),
                 practitioner_id: practitioner_id(
                     tenant,
-                    &his_id_of("practitionerId", &self.practitioner_id)?,
+                    &parse_his_id("practitionerId", &self.practitioner_id)?,
                 ),
-                service_id: service_id(tenant, &his_id_of("serviceId", &self.service_id)?),
+                service_id: service_id(tenant, &parse_his_id("serviceId", &self.service_id)?),
                 start: instant("start", &self.start, zone)?,
                 patient,
                 note: optional(self.note.as_deref(), |s| Reason::parse("note", s))?,

@@ -28,7 +28,7 @@ use buktor_domain::Role;
 use chrono::{Days, NaiveTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use super::{percentile_ms, recreate_database};
+use super::{percentile_ms, recreate_database, url_and_counts};
 
 struct Options {
     url: String,
@@ -39,37 +39,27 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        url: String::new(),
-        appointments: 100_000,
-        batch: 1000,
-        clients: 4,
-        practitioners: 100,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--appointments" => o.appointments = value()?,
-            "--batch" => o.batch = value()?,
-            "--clients" => o.clients = value()?,
-            "--practitioners" => o.practitioners = value()?,
-            url if o.url.is_empty() && !url.starts_with("--") => o.url = url.to_owned(),
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    if o.url.is_empty() {
-        bail!("usage: buktor-bench his-import DATABASE_URL [--appointments N] [--batch N] [--clients N] [--practitioners N]");
-    }
-    if o.batch == 0 || o.clients == 0 || o.practitioners == 0 {
+    let usage = "usage: buktor-bench his-import DATABASE_URL [--appointments N] [--batch N] [--clients N] [--practitioners N]";
+    let (url, [appointments, batch, clients, practitioners]) = url_and_counts(
+        args,
+        [
+            ("--appointments", 100_000),
+            ("--batch", 1000),
+            ("--clients", 4),
+            ("--practitioners", 100),
+        ],
+    )
+    .with_context(|| usage)?;
+    if batch == 0 || clients == 0 || practitioners == 0 {
         bail!("--batch, --clients and --practitioners must be at least 1");
     }
-    Ok(o)
+    Ok(Options {
+        url,
+        appointments,
+        batch,
+        clients,
+        practitioners,
+    })
 }
 
 const SLOTS_PER_DAY: usize = 95;

@@ -34,7 +34,7 @@ use buktor_domain::{Actor, Role, Source};
 use chrono::NaiveTime;
 use uuid::Uuid;
 
-use super::{admin_context, recreate_database, set_up};
+use super::{admin_context, recreate_database, set_up, url_and_counts};
 
 struct Options {
     url: String,
@@ -43,30 +43,18 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        url: String::new(),
-        appointments: 20_000,
-        practitioners: 20,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--appointments" => o.appointments = value()?,
-            "--practitioners" => o.practitioners = value()?,
-            url if !url.starts_with("--") && o.url.is_empty() => o.url = url.to_owned(),
-            other => bail!("unknown argument {other}"),
-        }
+    let usage = "usage: buktor-bench reminders DATABASE_URL [--appointments N] [--practitioners P]";
+    let (url, [appointments, practitioners]) =
+        url_and_counts(args, [("--appointments", 20_000), ("--practitioners", 20)])
+            .with_context(|| usage)?;
+    if appointments == 0 || practitioners == 0 {
+        bail!(usage);
     }
-    if o.url.is_empty() || o.appointments == 0 || o.practitioners == 0 {
-        bail!("usage: buktor-bench reminders DATABASE_URL [--appointments N] [--practitioners P]");
-    }
-    Ok(o)
+    Ok(Options {
+        url,
+        appointments,
+        practitioners,
+    })
 }
 
 pub async fn run(args: &[String]) -> anyhow::Result<()> {

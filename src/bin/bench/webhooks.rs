@@ -32,7 +32,7 @@ use buktor_domain::{Actor, Role, Source};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{percentile_ms, recreate_database, set_up};
+use super::{percentile_ms, recreate_database, set_up, url_and_counts};
 
 struct Options {
     url: String,
@@ -43,34 +43,27 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        url: String::new(),
-        rate: 1000,
-        secs: 30,
-        endpoints: 50,
-        timing_out: 0,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--rate" => o.rate = value()?,
-            "--secs" => o.secs = value()? as u64,
-            "--endpoints" => o.endpoints = value()?,
-            "--timing-out" => o.timing_out = value()?,
-            url if !url.starts_with("--") && o.url.is_empty() => o.url = url.to_owned(),
-            other => bail!("unknown argument {other}"),
-        }
+    let usage = "usage: buktor-bench webhooks DATABASE_URL [--rate N] [--secs S] [--endpoints E] [--timing-out T<=E]";
+    let (url, [rate, secs, endpoints, timing_out]) = url_and_counts(
+        args,
+        [
+            ("--rate", 1000),
+            ("--secs", 30),
+            ("--endpoints", 50),
+            ("--timing-out", 0),
+        ],
+    )
+    .with_context(|| usage)?;
+    if rate == 0 || endpoints == 0 || timing_out > endpoints {
+        bail!(usage);
     }
-    if o.url.is_empty() || o.rate == 0 || o.endpoints == 0 || o.timing_out > o.endpoints {
-        bail!("usage: buktor-bench webhooks DATABASE_URL [--rate N] [--secs S] [--endpoints E] [--timing-out T<=E]");
-    }
-    Ok(o)
+    Ok(Options {
+        url,
+        rate,
+        secs: secs as u64,
+        endpoints,
+        timing_out,
+    })
 }
 
 #[derive(Default)]

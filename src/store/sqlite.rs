@@ -694,6 +694,52 @@ fn decode_tenant((id, name, time_zone, created_at): TenantRow) -> StoreResult<Te
     })
 }
 
+/// A follower's checkpoint (the webhook fan-out's, the notification
+/// planner's) in `table`: `(tenant_id, position_tx, position_seq, updated_at)`.
+fn follower_checkpoint(conn: &Connection, table: &str, tenant: &str) -> StoreResult<Position> {
+    conn.prepare_cached(&format!(
+        "SELECT position_tx, position_seq FROM {table} WHERE tenant_id = ?1"
+    ))
+    .map_err(map_db)?
+    .query_row([tenant], |r| {
+        Ok(Position {
+            tx: r.get(0)?,
+            seq: r.get(1)?,
+        })
+    })
+    .optional()
+    .map_err(map_db)
+    .map(|p| p.unwrap_or(Position::START))
+}
+
+/// Moves a follower's checkpoint from `expected` to `to` inside the
+/// transaction that writes what it decided; `name` is the follower, for
+/// the refusal when another leader moved it first.
+fn move_follower_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    name: &str,
+    tenant: &str,
+    expected: Position,
+    to: Position,
+) -> StoreResult<()> {
+    if follower_checkpoint(tx, table, tenant)? != expected {
+        return Err(StoreError::CheckpointMoved {
+            projection: name.into(),
+        });
+    }
+    tx.prepare_cached(&format!(
+        "INSERT INTO {table} (tenant_id, position_tx, position_seq, updated_at) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (tenant_id) DO UPDATE SET position_tx = excluded.position_tx, \
+             position_seq = excluded.position_seq, updated_at = excluded.updated_at"
+    ))
+    .map_err(map_db)?
+    .execute(params![tenant, to.tx, to.seq, format_time(Utc::now())])
+    .map_err(map_db)?;
+    Ok(())
+}
+
 fn parse_uuid(text: &str) -> StoreResult<Uuid> {
     text.parse()
         .map_err(|e| StoreError::Corrupt(format!("{text:?} is not a UUID: {e}")))

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use buktor_domain::TenantId;
 use chrono::{DateTime, TimeDelta, Utc};
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use super::{format_time, map_db, parse_time, parse_uuid, to_micros, SqliteStore};
@@ -45,21 +45,11 @@ fn stored(t: DateTime<Utc>) -> String {
 impl ReminderStore for SqliteStore {
     async fn planner_checkpoint(&self, tenant: TenantId) -> StoreResult<Position> {
         self.read(move |conn| {
-            let position = conn
-                .prepare_cached(
-                    "SELECT position_tx, position_seq FROM notification_planner_checkpoints \
-                     WHERE tenant_id = ?1",
-                )
-                .map_err(map_db)?
-                .query_row([tenant.as_uuid().to_string()], |r| {
-                    Ok(Position {
-                        tx: r.get(0)?,
-                        seq: r.get(1)?,
-                    })
-                })
-                .optional()
-                .map_err(map_db)?;
-            Ok(position.unwrap_or(Position::START))
+            super::follower_checkpoint(
+                conn,
+                "notification_planner_checkpoints",
+                &tenant.as_uuid().to_string(),
+            )
         })
         .await
     }
@@ -78,35 +68,14 @@ impl ReminderStore for SqliteStore {
                 .map_err(map_db)?;
             let now = stored(Utc::now());
             let tenant = tenant.as_uuid().to_string();
-            let current = tx
-                .prepare_cached(
-                    "SELECT position_tx, position_seq FROM notification_planner_checkpoints \
-                     WHERE tenant_id = ?1",
-                )
-                .map_err(map_db)?
-                .query_row([&tenant], |r| {
-                    Ok(Position {
-                        tx: r.get(0)?,
-                        seq: r.get(1)?,
-                    })
-                })
-                .optional()
-                .map_err(map_db)?
-                .unwrap_or(Position::START);
-            if current != expected {
-                return Err(StoreError::CheckpointMoved {
-                    projection: "notification-planner".into(),
-                });
-            }
-            tx.prepare_cached(
-                "INSERT INTO notification_planner_checkpoints \
-                     (tenant_id, position_tx, position_seq, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET position_tx = excluded.position_tx, \
-                     position_seq = excluded.position_seq, updated_at = excluded.updated_at",
-            )
-            .map_err(map_db)?
-            .execute(params![tenant, to.tx, to.seq, now])
-            .map_err(map_db)?;
+            super::move_follower_checkpoint(
+                &tx,
+                "notification_planner_checkpoints",
+                "notification-planner",
+                &tenant,
+                expected,
+                to,
+            )?;
             {
                 let mut upsert = tx
                     .prepare_cached(

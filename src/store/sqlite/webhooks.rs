@@ -343,21 +343,11 @@ impl WebhookStore for SqliteStore {
 
     async fn fanout_checkpoint(&self, tenant: TenantId) -> StoreResult<Position> {
         self.read(move |conn| {
-            let position = conn
-                .prepare_cached(
-                    "SELECT position_tx, position_seq FROM webhook_fanout_checkpoints \
-                     WHERE tenant_id = ?1",
-                )
-                .map_err(map_db)?
-                .query_row([tenant.as_uuid().to_string()], |r| {
-                    Ok(Position {
-                        tx: r.get(0)?,
-                        seq: r.get(1)?,
-                    })
-                })
-                .optional()
-                .map_err(map_db)?;
-            Ok(position.unwrap_or(Position::START))
+            super::follower_checkpoint(
+                conn,
+                "webhook_fanout_checkpoints",
+                &tenant.as_uuid().to_string(),
+            )
         })
         .await
     }
@@ -375,36 +365,14 @@ impl WebhookStore for SqliteStore {
                 .map_err(map_db)?;
             let now = format_time(Utc::now());
             let tenant = tenant.as_uuid().to_string();
-            let current = tx
-                .prepare_cached(
-                    "SELECT position_tx, position_seq FROM webhook_fanout_checkpoints \
-                     WHERE tenant_id = ?1",
-                )
-                .map_err(map_db)?
-                .query_row([&tenant], |r| {
-                    Ok(Position {
-                        tx: r.get(0)?,
-                        seq: r.get(1)?,
-                    })
-                })
-                .optional()
-                .map_err(map_db)?
-                .unwrap_or(Position::START);
-            if current != expected {
-                return Err(StoreError::CheckpointMoved {
-                    projection: FANOUT.into(),
-                });
-            }
-            tx.prepare_cached(
-                "INSERT INTO webhook_fanout_checkpoints \
-                     (tenant_id, position_tx, position_seq, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET position_tx = excluded.position_tx, \
-                     position_seq = excluded.position_seq, updated_at = excluded.updated_at",
-            )
-            .map_err(map_db)?
-            .execute(params![tenant, to.tx, to.seq, now])
-            .map_err(map_db)?;
+            super::move_follower_checkpoint(
+                &tx,
+                "webhook_fanout_checkpoints",
+                FANOUT,
+                &tenant,
+                expected,
+                to,
+            )?;
             let mut inserted = 0;
             let mut touched = BTreeSet::new();
             {

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::reminders::{plan, reminders_stream, Change, Planned, Reminders, Status};
 use super::settings::{settings_stream, NotificationSettings, SettingsEvent};
 use crate::app::AppendSignal;
+use crate::projection::lease_when_free;
 use crate::store::reminders::{TimerChange, TimerSpec};
 use crate::store::{
     AppendRequest, NewEvent, Position, RecordedEvent, Store, StoreError, StreamAppend,
@@ -103,36 +104,16 @@ impl Planner {
     }
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let lease = match self
-                .store
-                .read_models()
-                .try_lead("notification-planner")
-                .await
-            {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    if sleep_or_stop(LEASE_RETRY, &mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the notification planner cannot take its lease");
-                    if sleep_or_stop(LEASE_RETRY, &mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
+        while let Some(lease) = lease_when_free(
+            self.store.as_ref(),
+            "notification-planner",
+            LEASE_RETRY,
+            &mut stop,
+        )
+        .await
+        {
             tracing::info!("this instance plans notifications");
             self.lead(&lease, &mut stop).await;
-            if *stop.borrow() {
-                return;
-            }
         }
     }
 
@@ -441,11 +422,4 @@ fn timers_of(tenant: TenantId, streams: &BTreeMap<String, (i64, Reminders)>) -> 
         }
     }
     out
-}
-
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
-    }
 }

@@ -191,10 +191,35 @@ impl ReadSide {
     }
 }
 
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+/// Sleeps `d` unless asked to stop first; answers whether to stop.
+pub(crate) async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+/// Waits until this instance holds the one-leader lease `name` (the
+/// webhook fan-out's, the notification planner's), trying every `retry`;
+/// `None` when asked to stop first.
+pub(crate) async fn lease_when_free(
+    store: &dyn Store,
+    name: &str,
+    retry: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<crate::store::Lease> {
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match store.read_models().try_lead(name).await {
+            Ok(Some(lease)) => return Some(lease),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(lease = name, error = %e, "cannot take the lease"),
+        }
+        if sleep_or_stop(retry, stop).await {
+            return None;
+        }
     }
 }
 

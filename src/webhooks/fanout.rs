@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 
 use super::payload::{message_id, Built, PayloadBuilder};
 use crate::app::AppendSignal;
+use crate::projection::lease_when_free;
 use crate::store::webhooks::{EndpointRecord, NewMessage};
 use crate::store::{Position, Store, StoreError};
 
@@ -89,31 +90,16 @@ impl Fanout {
     }
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let lease = match self.store.read_models().try_lead("webhook-fanout").await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    if sleep_or_stop(LEASE_RETRY, &mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook fan-out cannot take its lease");
-                    if sleep_or_stop(LEASE_RETRY, &mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
+        while let Some(lease) = lease_when_free(
+            self.store.as_ref(),
+            "webhook-fanout",
+            LEASE_RETRY,
+            &mut stop,
+        )
+        .await
+        {
             tracing::info!("this instance fans webhook messages out");
             self.lead(&lease, &mut stop).await;
-            if *stop.borrow() {
-                return;
-            }
         }
     }
 
@@ -236,12 +222,5 @@ impl Fanout {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
     }
 }

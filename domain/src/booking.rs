@@ -5,13 +5,13 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::aggregate::Aggregate;
 use crate::appointment::{Appointment, AppointmentEvent};
-use crate::calendar::{calendar_stream, CalendarDay, CalendarEvent, Hold};
+use crate::calendar::{calendar_stream, CalendarDay, CalendarEvent, Hold, Reservation};
 use crate::error::{DomainError, DomainResult};
 use crate::practitioner::Practitioner;
 use crate::schedule::Schedule;
 use crate::service::{DefinedService, Service};
 use crate::values::{PatientRef, Reason, ShortText};
-use crate::{AppointmentId, PractitionerId, ServiceId};
+use crate::{AppointmentId, PractitionerId, ReservationId, ServiceId};
 
 /// What a booking needs to know, loaded by the caller.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,8 @@ pub struct BookAppointment {
     /// notice, window), for this recorded reason. Only the HIS, the master
     /// of its appointments, is offered this.
     pub overriding: Option<Reason>,
+    /// The patient's reservation of this time, which the booking takes over.
+    pub reservation: Option<ReservationId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +47,8 @@ pub struct RescheduleAppointment {
     pub start: DateTime<Utc>,
     pub reason: Option<Reason>,
     pub overriding: Option<Reason>,
+    /// A reservation of the new time, which the move takes over.
+    pub reservation: Option<ReservationId>,
 }
 
 /// Events to append, per stream, all in one atomic write.
@@ -110,18 +114,84 @@ fn bookable_hold(
     Ok(hold)
 }
 
+/// How the appointment gets its time on the calendar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The time must be free.
+    Free,
+    /// The HIS's override: whether or not it is free.
+    Overriding,
+    /// The patient's reservation of exactly this time becomes the booking.
+    Reservation(ReservationId),
+}
+
+impl Claim {
+    fn new(overriding: bool, reservation: Option<ReservationId>) -> Self {
+        match (overriding, reservation) {
+            (true, _) => Claim::Overriding,
+            (false, Some(r)) => Claim::Reservation(r),
+            (false, None) => Claim::Free,
+        }
+    }
+}
+
 fn hold_on(
+    ctx: &BookingContext<'_>,
     calendar: &CalendarDay,
     practitioner_id: PractitionerId,
     appointment_id: AppointmentId,
     hold: Hold,
-    overriding: bool,
-) -> DomainResult<CalendarEvent> {
-    if overriding {
-        Ok(calendar.overbook(practitioner_id, appointment_id, hold))
-    } else {
-        calendar.hold(practitioner_id, appointment_id, hold)
+    claim: Claim,
+) -> DomainResult<Vec<CalendarEvent>> {
+    match claim {
+        Claim::Overriding => Ok(vec![calendar.overbook(
+            practitioner_id,
+            appointment_id,
+            hold,
+        )]),
+        Claim::Free => Ok(vec![calendar.hold(
+            practitioner_id,
+            appointment_id,
+            hold,
+            ctx.now,
+        )?]),
+        Claim::Reservation(id) => {
+            // The reservation must be of the very time being booked, else
+            // a reservation of one slot could book another past its rules.
+            match calendar.reservations.get(&id) {
+                Some(r) if r.hold == hold => {}
+                _ => return Err(DomainError::HoldNotFound(id)),
+            }
+            calendar.claim(practitioner_id, appointment_id, id, ctx.now)
+        }
     }
+}
+
+/// Keeps a slot for a patient filling in the form, if a booking of it could
+/// be made now; the booking then claims it with [`BookAppointment::reservation`].
+#[allow(clippy::too_many_arguments)]
+pub fn reserve(
+    ctx: &BookingContext<'_>,
+    calendar: &CalendarDay,
+    practitioner_id: PractitionerId,
+    service_id: ServiceId,
+    start: DateTime<Utc>,
+    reservation_id: ReservationId,
+    expires_at: DateTime<Utc>,
+) -> DomainResult<CalendarEvent> {
+    if expires_at <= ctx.now {
+        return Err(DomainError::invalid(
+            "expiresAt",
+            "a hold must end in the future",
+        ));
+    }
+    let hold = bookable_hold(ctx, practitioner_id, service_id, start, false)?;
+    calendar.reserve(
+        practitioner_id,
+        reservation_id,
+        Reservation { hold, expires_at },
+        ctx.now,
+    )
 }
 
 /// The calendar stream a booking at `start` with `practitioner` goes to.
@@ -153,14 +223,15 @@ pub fn book(
     let day = ctx.schedule.local_date(cmd.start);
     let end = hold.end;
     let held = hold_on(
+        ctx,
         calendar,
         cmd.practitioner_id,
         cmd.appointment_id,
         hold,
-        overriding,
+        Claim::new(overriding, cmd.reservation),
     )?;
     Ok(Decision {
-        calendar: vec![(calendar_stream(cmd.practitioner_id, day), vec![held])],
+        calendar: vec![(calendar_stream(cmd.practitioner_id, day), held)],
         appointment: AppointmentEvent::AppointmentBooked {
             appointment_id: cmd.appointment_id,
             practitioner_id: cmd.practitioner_id,
@@ -191,6 +262,7 @@ pub fn reschedule(
         return Err(DomainError::SameTime { start: cmd.start });
     }
     let overriding = cmd.overriding.is_some();
+    let claim = Claim::new(overriding, cmd.reservation);
     let hold = bookable_hold(
         ctx,
         practitioner_id,
@@ -206,13 +278,14 @@ pub fn reschedule(
     let calendar = match new_calendar {
         None if new_stream == old_stream => {
             let held = hold_on(
+                ctx,
                 old_calendar,
                 practitioner_id,
                 cmd.appointment_id,
                 hold,
-                overriding,
+                claim,
             )?;
-            vec![(old_stream, released.into_iter().chain([held]).collect())]
+            vec![(old_stream, released.into_iter().chain(held).collect())]
         }
         None => {
             return Err(DomainError::invalid(
@@ -223,15 +296,16 @@ pub fn reschedule(
         Some(target) => {
             // A different stream: the appointment's old hold is not in it.
             let held = hold_on(
+                ctx,
                 target,
                 practitioner_id,
                 cmd.appointment_id,
                 hold,
-                overriding,
+                claim,
             )?;
             vec![
                 (old_stream, released.into_iter().collect()),
-                (new_stream, vec![held]),
+                (new_stream, held),
             ]
         }
     };

@@ -48,6 +48,10 @@ pub enum DomainError {
     OutsideAvailability { start: DateTime<Utc> },
     #[error("the slot at {start} is already taken")]
     SlotTaken { start: DateTime<Utc> },
+    #[error("the hold on {start} has expired and the time was taken meanwhile")]
+    HoldExpired { start: DateTime<Utc> },
+    #[error("hold {0} does not exist")]
+    HoldNotFound(crate::ReservationId),
     #[error("cannot {action} an appointment that is {status}")]
     InvalidTransition {
         action: &'static str,
@@ -98,6 +102,8 @@ impl DomainError {
             DomainError::BeyondBookingWindow { .. } => "BEYOND_BOOKING_WINDOW",
             DomainError::OutsideAvailability { .. } => "OUTSIDE_AVAILABILITY",
             DomainError::SlotTaken { .. } => "SLOT_TAKEN",
+            DomainError::HoldExpired { .. } => "HOLD_EXPIRED",
+            DomainError::HoldNotFound(_) => "HOLD_NOT_FOUND",
             DomainError::InvalidTransition { .. } => "INVALID_TRANSITION",
             DomainError::CheckInTooEarly { .. } => "CHECK_IN_TOO_EARLY",
             DomainError::NotStartedYet { .. } => "NOT_STARTED_YET",
@@ -116,6 +122,7 @@ impl DomainError {
                 | DomainError::ServiceNotFound(_)
                 | DomainError::AppointmentNotFound(_)
                 | DomainError::ExceptionNotFound(_)
+                | DomainError::HoldNotFound(_)
         )
     }
 }

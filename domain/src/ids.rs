@@ -73,10 +73,22 @@ uuid_id!(
     EventId
 );
 uuid_id!(
+    /// A short hold on a slot while a patient fills in the booking form. Made
+    /// with [`ReservationId::unguessable`]: whoever knows it can book the slot.
+    ReservationId
+);
+uuid_id!(
     /// A patient as the HIS knows them, for contact data and notification
     /// preferences (Buktor keeps nothing clinical).
     PatientId
 );
+
+impl ReservationId {
+    /// A random id: a time-ordered one would let others guess it.
+    pub fn unguessable() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
 
 /// A stable id for the HIS's id of one kind of record in one hospital, so
 /// the HIS never needs Buktor's ids and every instance maps alike.

@@ -17,9 +17,13 @@ pub enum Role {
     HisSystem,
     /// Reads everything, changes nothing.
     Auditor,
+    /// A patient booking for themselves through the widget, or managing the
+    /// one appointment their manage link names. Never an API key's role.
+    Patient,
 }
 
 impl Role {
+    /// The roles an API key or an embed token can carry.
     pub const ALL: [Role; 4] = [Role::Admin, Role::Staff, Role::HisSystem, Role::Auditor];
 
     pub fn as_str(self) -> &'static str {
@@ -28,6 +32,7 @@ impl Role {
             Role::Staff => "staff",
             Role::HisSystem => "his-system",
             Role::Auditor => "auditor",
+            Role::Patient => "patient",
         }
     }
 

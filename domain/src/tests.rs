@@ -100,6 +100,7 @@ impl World {
             note: None,
             his_appointment_id: None,
             overriding: None,
+            reservation: None,
         }
     }
     /// Books and returns the appointment and the calendar with the booking applied.
@@ -274,6 +275,7 @@ fn reschedule_within_the_day_moves_the_hold_in_one_stream() {
             start: tue(9, 15),
             reason: None,
             overriding: None,
+            reservation: None,
         },
     )
     .unwrap();
@@ -297,6 +299,7 @@ fn reschedule_within_the_day_moves_the_hold_in_one_stream() {
                 start: tue(9, 0),
                 reason: None,
                 overriding: None,
+                reservation: None,
             }
         )),
         "SAME_TIME"
@@ -319,6 +322,7 @@ fn reschedule_to_another_day_releases_and_holds_in_two_streams() {
         start,
         reason: None,
         overriding: None,
+        reservation: None,
     };
     assert_eq!(
         code(booking::reschedule(
@@ -582,6 +586,7 @@ fn an_override_books_what_the_rules_refuse_and_records_why() {
     let because = Reason::parse("forceReason", "HIS master record").unwrap();
     let overriding = |start| BookAppointment {
         overriding: Some(because.clone()),
+        reservation: None,
         ..w.cmd(start)
     };
     // Taken time and a time outside every rule (midnight, Sunday).

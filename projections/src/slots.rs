@@ -44,12 +44,18 @@ pub fn free_slots(
                 buffer_after: service.buffer_after,
                 capacity: service.capacity,
             };
-            if !hold.within_day(schedule) || !calendar.is_free_for(&hold) {
+            if !hold.within_day(schedule) || !calendar.is_free_for(&hold, now) {
                 continue;
             }
+            let reserved = calendar
+                .reservations
+                .values()
+                .filter(|r| r.is_live(now))
+                .map(|r| &r.hold);
             let taken = calendar
                 .holds
                 .values()
+                .chain(reserved)
                 .filter(|h| h.service_id == service_id && h.start == start)
                 .count() as u32;
             out.push(FreeSlot {
@@ -104,6 +110,7 @@ mod tests {
                     buffer_after: service.buffer_after,
                     capacity: service.capacity,
                 },
+                Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap(),
             )
             .unwrap();
         calendar.apply(&held);

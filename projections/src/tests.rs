@@ -397,6 +397,7 @@ impl World {
                 note: note.map(reason),
                 his_appointment_id: None,
                 overriding: None,
+                reservation: None,
             },
         )?;
         self.commit(id, decision);
@@ -437,6 +438,7 @@ impl World {
                 start,
                 reason: why.map(reason),
                 overriding: None,
+                reservation: None,
             },
         )?;
         self.commit(id, decision);

@@ -10,7 +10,7 @@ use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
 use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
 use buktor_domain::service::{Service, ServiceDetails};
 use buktor_domain::values::{PatientRef, Reason, ShortText};
-use buktor_domain::{AppointmentId, PractitionerId, Role, ServiceId};
+use buktor_domain::{AppointmentId, PractitionerId, ReservationId, Role, ServiceId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -23,6 +23,12 @@ fn configures(role: Role) -> bool {
 
 fn books(role: Role) -> bool {
     role.can_write_appointments()
+}
+
+/// A patient acts only through the widget, on a hold or on the one
+/// appointment their manage link names; the HTTP layer checks which.
+fn books_or_patient(role: Role) -> bool {
+    role.can_write_appointments() || role == Role::Patient
 }
 
 macro_rules! command {
@@ -351,14 +357,16 @@ pub struct Book {
     pub his_appointment_id: Option<ShortText>,
     /// See `BookAppointment::overriding`.
     pub overriding: Option<Reason>,
+    /// The widget's hold on this time, which the booking takes over.
+    pub reservation: Option<ReservationId>,
 }
 // Bookings of one practitioner-day race on its calendar stream.
-command!(Book, "bookAppointment", books, book, |c, ctx| Some(
-    calendar_stream(
+command!(Book, "bookAppointment", books_or_patient, book, |c, ctx| {
+    Some(calendar_stream(
         c.practitioner_id,
-        c.start.with_timezone(&ctx.time_zone).date_naive()
-    )
-));
+        c.start.with_timezone(&ctx.time_zone).date_naive(),
+    ))
+});
 
 impl Book {
     async fn decide_with(
@@ -405,6 +413,7 @@ impl Book {
                 note: self.note.clone(),
                 his_appointment_id: self.his_appointment_id.clone(),
                 overriding: self.overriding.clone(),
+                reservation: self.reservation,
             },
         )?;
         let calendar_id = calendar_stream(self.practitioner_id, day);
@@ -444,8 +453,15 @@ pub struct Reschedule {
     pub start: DateTime<Utc>,
     pub reason: Option<Reason>,
     pub overriding: Option<Reason>,
+    /// A hold on the new time, which the move takes over.
+    pub reservation: Option<ReservationId>,
 }
-command!(Reschedule, "rescheduleAppointment", books, reschedule);
+command!(
+    Reschedule,
+    "rescheduleAppointment",
+    books_or_patient,
+    reschedule
+);
 
 impl Reschedule {
     async fn decide_with(
@@ -494,6 +510,7 @@ impl Reschedule {
                 start: self.start,
                 reason: self.reason.clone(),
                 overriding: self.overriding.clone(),
+                reservation: self.reservation,
             },
         )?;
         let mut streams = Vec::new();
@@ -527,7 +544,7 @@ pub struct Cancel {
     pub reason: Reason,
     pub cancelled_by: CancelledBy,
 }
-command!(Cancel, "cancelAppointment", books, cancel);
+command!(Cancel, "cancelAppointment", books_or_patient, cancel);
 
 impl Cancel {
     async fn decide_with(
@@ -572,6 +589,113 @@ impl Cancel {
             id: id.as_uuid(),
             streams,
         })
+    }
+}
+
+/// Keeps a slot for whoever is filling in the booking form, until `expires_at`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReserveSlot {
+    pub reservation_id: ReservationId,
+    pub practitioner_id: PractitionerId,
+    pub service_id: ServiceId,
+    pub start: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+command!(
+    ReserveSlot,
+    "reserveSlot",
+    books_or_patient,
+    reserve_slot,
+    |c, ctx| Some(calendar_stream(
+        c.practitioner_id,
+        c.start.with_timezone(&ctx.time_zone).date_naive()
+    ))
+);
+
+impl ReserveSlot {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        let day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let stream = calendar_stream(self.practitioner_id, day);
+        // The fifth read repeats the fourth and finds nothing new: one round trip.
+        let (practitioner, service, schedule, calendar, _) = s
+            .load5(
+                ctx.tenant,
+                (
+                    &s.practitioners,
+                    stream_id::<Practitioner>(self.practitioner_id),
+                ),
+                (&s.services, stream_id::<Service>(self.service_id)),
+                (&s.schedules, stream_id::<Schedule>(self.practitioner_id)),
+                (&s.calendars, stream.clone()),
+                (&s.calendars, stream.clone()),
+            )
+            .await?;
+        let event = booking::reserve(
+            &BookingContext {
+                practitioner: &practitioner.state,
+                service: &service.state,
+                schedule: &schedule.state,
+                now: s.now(),
+            },
+            &calendar.state,
+            self.practitioner_id,
+            self.service_id,
+            self.start,
+            self.reservation_id,
+            self.expires_at,
+        )?;
+        Ok(Decided {
+            id: self.reservation_id.as_uuid(),
+            streams: vec![Pending::new(
+                ctx.tenant,
+                stream,
+                calendar,
+                vec![event],
+                |s| &s.calendars,
+            )],
+        })
+    }
+}
+
+/// Lets go of a reservation; nothing to do when it is already gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReservation {
+    pub reservation_id: ReservationId,
+    pub practitioner_id: PractitionerId,
+    pub day: chrono::NaiveDate,
+}
+command!(
+    ReleaseReservation,
+    "releaseReservation",
+    books_or_patient,
+    release_reservation
+);
+
+impl ReleaseReservation {
+    async fn decide_with(
+        &self,
+        s: &Scheduler,
+        ctx: &CommandContext,
+        _: Uuid,
+    ) -> AppResult<Decided> {
+        s.decide_on(
+            ctx,
+            |s| &s.calendars,
+            calendar_stream(self.practitioner_id, self.day),
+            self.reservation_id.as_uuid(),
+            |day| {
+                Ok(day
+                    .release_reservation(self.practitioner_id, self.reservation_id)
+                    .into_iter()
+                    .collect())
+            },
+        )
+        .await
     }
 }
 

@@ -149,6 +149,7 @@ impl UpsertHisAppointment {
                 note: self.note.clone(),
                 his_appointment_id: Some(self.his_appointment_id.clone()),
                 overriding: self.overriding.clone(),
+                reservation: None,
             };
             return book.decide(s, ctx, new_id).await;
         };
@@ -178,6 +179,7 @@ impl UpsertHisAppointment {
             start: self.start,
             reason: None,
             overriding: self.overriding.clone(),
+            reservation: None,
         }
         .decide(s, ctx, new_id)
         .await

@@ -555,6 +555,7 @@ async fn book_in_process(
                     note: None,
                     his_appointment_id: None,
                     overriding: None,
+                    reservation: None,
                 };
                 let started = Instant::now();
                 let outcome = scheduler
@@ -1430,6 +1431,7 @@ mod read_bench {
                             note: None,
                             his_appointment_id: None,
                             overriding: None,
+                            reservation: None,
                         },
                     )?;
                     let metadata = serde_json::to_value(EventMetadata {

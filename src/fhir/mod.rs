@@ -966,6 +966,7 @@ async fn create_appointment(
                         note,
                         his_appointment_id: None,
                         overriding: None,
+                        reservation: None,
                     },
                 )
                 .await?;
@@ -1059,6 +1060,7 @@ async fn update(
                         start,
                         reason: None,
                         overriding: None,
+                        reservation: None,
                     },
                 )
                 .await?,

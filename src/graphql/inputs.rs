@@ -323,6 +323,7 @@ impl BookInput {
                 .transpose()?,
             his_appointment_id: None,
             overriding: None,
+            reservation: None,
         })
     }
 }

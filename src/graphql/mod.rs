@@ -411,6 +411,7 @@ impl CoreMutation {
             start,
             reason: reason.map(|r| parse_reason("reason", &r)).transpose()?,
             overriding: None,
+            reservation: None,
         };
         let c = command_context(ctx, idempotency_key)?;
         done(scheduler(ctx).reschedule(&c, &cmd)).await

@@ -200,6 +200,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
                 note: None,
                 his_appointment_id: None,
                 overriding: None,
+                reservation: None,
             };
             scheduler.book(&ctx, &command).await?;
             anyhow::Ok(())

@@ -1035,6 +1035,9 @@ impl Directory for CountingStore {
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {
         self.stats.time(11, self.inner.api_key(id)).await
     }
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        self.inner.server_secret(name, candidate).await
+    }
 }
 
 /// The read-side benchmarks' subcommands (see [`read_bench`]).
@@ -1715,6 +1718,9 @@ mod read_bench {
         }
         async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {
             self.inner.api_key(id).await
+        }
+        async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+            self.inner.server_secret(name, candidate).await
         }
     }
 

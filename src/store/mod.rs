@@ -301,6 +301,9 @@ pub trait Directory: Send + Sync + 'static {
     async fn tenants(&self) -> StoreResult<Vec<TenantRecord>>;
     async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>>;
+    /// The secret called `name`, made from `candidate` if there is none yet.
+    /// Every instance on one store gets the same secret: the first writer wins.
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// A backend: events, the directory, the projections' documents and the

@@ -92,6 +92,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_reminders",
         include_str!("../../migrations/postgres/0006_reminders.sql"),
     ),
+    (
+        "0007_server_secrets",
+        include_str!("../../migrations/postgres/0007_server_secrets.sql"),
+    ),
 ];
 
 /// Key of the transaction-scoped advisory lock that serializes migrations of
@@ -590,6 +594,23 @@ impl Directory for PostgresStore {
             .await
             .map_err(map_db)?;
         Ok(())
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO server_secrets (name, secret) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate],
+            )
+            .await
+            .map_err(map_db)?;
+        let row = client
+            .query_one("SELECT secret FROM server_secrets WHERE name = $1", &[&name])
+            .await
+            .map_err(map_db)?;
+        Ok(row.get(0))
     }
 
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {

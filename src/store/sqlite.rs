@@ -54,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_reminders",
         include_str!("../../migrations/sqlite/0005_reminders.sql"),
     ),
+    (
+        "0006_server_secrets",
+        include_str!("../../migrations/sqlite/0006_server_secrets.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before failing.
@@ -577,6 +581,25 @@ impl Directory for SqliteStore {
             ])
             .map_err(map_db)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        let (name, candidate) = (name.to_owned(), candidate.to_vec());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO server_secrets (name, secret, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, candidate, format_time(chrono::Utc::now())],
+            )
+            .map_err(map_db)?;
+            conn.query_row(
+                "SELECT secret FROM server_secrets WHERE name = ?1",
+                [&name],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .map_err(map_db)
         })
         .await
     }

@@ -269,6 +269,12 @@
         return showAuthError(session ? 'TOKEN_EXPIRED' : 'TOKEN_MISSING', authMessage(session ? 'TOKEN_EXPIRED' : 'TOKEN_MISSING'));
       }
     }
+    // The page is framed under the path's hospital allow-list; a token of
+    // another hospital must not show its data there.
+    if (String(session.tenant?.id).toLowerCase() !== tenantInPath.toLowerCase()) {
+      sessionStorage.removeItem(storeKey);
+      return showAuthError('TENANT_MISMATCH', 'This sign-in belongs to another hospital. Open the screen again from your hospital system.');
+    }
     zone = session.tenant?.timeZone || 'UTC';
     showShell();
     window.addEventListener('popstate', () => render(false));
@@ -507,7 +513,7 @@
 
     // Cancelling needs a reason (it goes to the patient and the audit trail),
     // and asking for it doubles as the confirmation a destructive step deserves.
-    function cancelDialog(id, label) {
+    function cancelDialog(id, label, box) {
       const reason = h('input', { type: 'text', required: true, value: 'Cancelled by the hospital', testid: 'cancel-reason' });
       const by = h('select', { testid: 'cancel-by' }, ['HOSPITAL', 'PATIENT', 'PRACTITIONER'].map((v) => h('option', { value: v }, v.charAt(0) + v.slice(1).toLowerCase())));
       const form = h('form', { class: 'cancel-form', hidden: true, 'aria-label': `Cancel ${label}`, onsubmit: async (e) => {
@@ -517,7 +523,7 @@
         if (r) load(r.r.position);
       } }, field('Reason', reason), field('Cancelled by', by),
       h('button', { type: 'submit', class: 'danger', testid: 'cancel-confirm' }, 'Confirm cancellation'),
-      h('button', { type: 'button', onclick: () => { form.hidden = true; } }, 'Keep'));
+      h('button', { type: 'button', onclick: () => { form.hidden = true; box.querySelector('[data-status=CANCELLED]')?.focus(); } }, 'Keep'));
       return form;
     }
 

@@ -354,11 +354,20 @@
 
   // A practitioner picker shared by the appointments and schedules screens;
   // the choice is remembered for the tab so moving between screens keeps it.
-  async function practitionerSelect(onChange) {
+  // A practitioner picker shared by the appointments and schedules screens;
+  // the choice is remembered for the tab so moving between screens keeps it.
+  // The appointment list may also show a whole department (`dept:<name>`).
+  async function practitionerSelect(onChange, withDepartments) {
     const list = await practitioners();
-    const saved = sessionStorage.getItem(`${storeKey}:practitioner`);
-    const select = h('select', { testid: 'practitioner', onchange: () => { sessionStorage.setItem(`${storeKey}:practitioner`, select.value); onChange(select.value); } },
-      list.map((p) => h('option', { value: p.id, selected: p.id === saved }, `${p.name} — ${p.specialty}${p.active ? '' : ' (inactive)'}`)));
+    const key = `${storeKey}:practitioner${withDepartments ? '+dept' : ''}`;
+    const saved = sessionStorage.getItem(key);
+    const option = (value, text) => h('option', { value, selected: value === saved }, text);
+    const people = list.map((p) => option(p.id, `${p.name} — ${p.specialty}${p.active ? '' : ' (inactive)'}`));
+    const departments = [...new Set(list.filter((p) => p.active && p.department).map((p) => p.department))].sort();
+    const select = h('select', { testid: 'practitioner', onchange: () => { sessionStorage.setItem(key, select.value); onChange(select.value); } },
+      withDepartments && departments.length
+        ? [h('optgroup', { label: 'Practitioners' }, people), h('optgroup', { label: 'Departments' }, departments.map((d) => option(`dept:${d}`, `${d} (department)`)))]
+        : people);
     if (!list.length) select.append(h('option', { value: '' }, 'No practitioners'));
     return select;
   }
@@ -374,7 +383,8 @@
 
     const results = h('div', { class: 'results', 'aria-live': 'polite', 'aria-busy': 'true' });
     const liveNote = h('span', { class: 'muted live', testid: 'live' }, 'Updates every 30 seconds');
-    const practitioner = await practitionerSelect(() => load());
+    const people = await practitioners();
+    const practitioner = await practitionerSelect(() => load(), true);
     const dateInput = h('input', { type: 'date', value: state.date, required: true, onchange: () => { if (dateInput.value) { state.date = dateInput.value; load(); } } });
     const viewSelect = h('select', { testid: 'view', onchange: () => { state.view = viewSelect.value; load(); } },
       h('option', { value: 'day', selected: state.view === 'day' }, 'Day'), h('option', { value: 'week', selected: state.view === 'week' }, 'Week'));
@@ -386,7 +396,7 @@
     ctx.view.append(
       h('h1', {}, 'Appointments'),
       h('form', { class: 'toolbar', onsubmit: (e) => e.preventDefault(), 'aria-label': 'Which appointments' },
-        field('Practitioner', practitioner), field('Date', dateInput), field('View', viewSelect), field('Status', statusSelect),
+        field('Practitioner or department', practitioner), field('Date', dateInput), field('View', viewSelect), field('Status', statusSelect),
         h('div', { class: 'field buttons' },
           h('button', { type: 'button', onclick: step(-1), 'aria-label': 'Previous period' }, '‹ Previous'),
           h('button', { type: 'button', onclick: () => { state.date = today; dateInput.value = today; load(); } }, 'Today'),
@@ -415,23 +425,27 @@
     }
 
     async function loadOnce(atLeast) {
-      const pid = practitioner.value;
-      if (!pid) { results.replaceChildren(h('p', {}, 'No practitioners yet.')); return; }
-      watch(pid);
+      const choice = practitioner.value;
+      if (!choice) { results.replaceChildren(h('p', {}, 'No practitioners yet.')); return; }
+      const department = choice.startsWith('dept:') ? choice.slice(5) : null;
+      const ids = department ? people.filter((p) => p.active && p.department === department).map((p) => p.id) : [choice];
+      watch(ids);
       const from = state.view === 'week' ? mondayOf(state.date) : state.date;
       const to = state.view === 'week' ? addDays(from, 6) : from;
       results.setAttribute('aria-busy', 'true');
-      const d = await gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
+      // A department is its practitioners' agendas side by side: one read each.
+      const agendas = await Promise.all(ids.map((id) => gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
         practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) {
           days { date working { start end }
             booked { appointmentId serviceId start end
               appointment { id status note patient { name hisPatientId } } } } } }`,
-      { id: pid, from, to, atLeast: atLeast || null });
+      { id, from, to, atLeast: atLeast || null }).then((d) => ({ id, days: d.practitionerSchedule?.days }))));
       if (!ctx.live()) return;
       results.setAttribute('aria-busy', 'false');
-      const focusedId = document.activeElement?.closest?.('[data-testid=appointment-row]')?.dataset.id;
-      const days = d.practitionerSchedule?.days;
-      if (!days) { results.replaceChildren(h('p', { role: 'alert' }, 'This practitioner is unknown.')); return; }
+      const focused = document.activeElement;
+      const focusedId = focused?.closest?.('[data-testid=appointment-row]')?.dataset.id;
+      seen = new Map();
+      if (!department && !agendas[0].days) { results.replaceChildren(h('p', { role: 'alert' }, 'This practitioner is unknown.')); return; }
       const parts = [];
       if (state.status === 'CANCELLED') {
         // Cancelling frees the calendar time, so the practitioner's agenda
@@ -440,31 +454,58 @@
           'Cancelled appointments are not listed here yet: a cancelled appointment leaves the practitioner\'s agenda. ',
           'Open the audit screen with an appointment id to see its cancellation.'));
       }
-      for (const day of days) {
-        const rows = day.booked.filter((b) => !state.status || b.appointment?.status === state.status);
-        const working = day.working.length
-          ? `Working ${day.working.map((w) => `${fmtTime(w.start)}–${fmtTime(w.end)}`).join(', ')}`
-          : 'Not working';
-        parts.push(h('section', { class: 'day', 'aria-labelledby': `day-${day.date}` },
-          h('h2', { id: `day-${day.date}` }, fmtDay(day.date), ' ', h('span', { class: 'muted small' }, working)),
+      const nameOf = (id) => people.find((p) => p.id === id)?.name || 'Practitioner';
+      for (let date = from; date <= to; date = addDays(date, 1)) {
+        const rows = [];
+        const working = [];
+        for (const a of agendas) {
+          const day = a.days?.find((d) => d.date === date);
+          if (!day) continue;
+          if (day.working.length) working.push(day.working.map((w) => `${fmtTime(w.start)}–${fmtTime(w.end)}`).join(', '));
+          rows.push(...day.booked.filter((b) => !state.status || b.appointment?.status === state.status).map((b) => ({ ...b, practitionerId: a.id })));
+        }
+        rows.sort((x, y) => x.start.localeCompare(y.start));
+        const hours = department
+          ? `${working.length} of ${ids.length} practitioners working`
+          : (working.length ? `Working ${working[0]}` : 'Not working');
+        const columns = ['Time', department ? 'Practitioner' : null, 'Patient', 'Service', 'Status', ctx.write ? 'Actions' : 'History'].filter(Boolean);
+        parts.push(h('section', { class: 'day', 'aria-labelledby': `day-${date}` },
+          h('h2', { id: `day-${date}` }, fmtDay(date), ' ', h('span', { class: 'muted small' }, hours)),
           rows.length
             ? h('table', { class: 'list' },
-              h('caption', { class: 'sr-only' }, `Appointments on ${fmtDay(day.date)}`),
-              h('thead', {}, h('tr', {}, ['Time', 'Patient', 'Service', 'Status', ctx.write ? 'Actions' : 'History'].map((t) => h('th', { scope: 'col' }, t)))),
-              h('tbody', {}, rows.map((b) => appointmentRow(b))))
+              h('caption', { class: 'sr-only' }, `Appointments on ${fmtDay(date)}`),
+              h('thead', {}, h('tr', {}, columns.map((t) => h('th', { scope: 'col' }, t)))),
+              h('tbody', {}, rows.map((b) => keptRow(b, department ? nameOf(b.practitionerId) : null))))
             : h('p', { class: 'muted' }, state.status ? `No ${STATUS_LABELS[state.status].toLowerCase()} appointments.` : 'No appointments.')));
       }
       results.replaceChildren(...parts);
-      // A refresh must not throw keyboard users back to the top.
-      if (focusedId) $(`[data-testid=appointment-row][data-id="${CSS.escape(focusedId)}"]`)?.focus();
+      kept = seen;
+      // A refresh must not throw keyboard users back to the top: the same
+      // control if its row was kept, else the row itself.
+      if (focused?.isConnected) focused.focus();
+      else if (focusedId) $(`[data-testid=appointment-row][data-id="${CSS.escape(focusedId)}"]`)?.focus();
     }
 
-    function appointmentRow(b) {
+    // Refreshes (live events, polling, someone else's change) must not wipe
+    // a time being typed or an open cancellation: a row whose appointment
+    // did not change keeps its DOM node, so its inputs keep their state.
+    let kept = new Map(); let seen = new Map();
+    function keptRow(b, practitionerName) {
+      const a = b.appointment;
+      const sig = JSON.stringify([b.start, b.end, b.serviceId, a?.status, a?.patient, practitionerName]);
+      const old = kept.get(b.appointmentId);
+      const row = old?.sig === sig ? old.row : appointmentRow(b, practitionerName);
+      seen.set(b.appointmentId, { sig, row });
+      return row;
+    }
+
+    function appointmentRow(b, practitionerName) {
       const a = b.appointment;
       const status = a?.status || 'BOOKED';
       const who = a ? `${a.patient.name || 'Unnamed patient'}` : 'Unknown appointment';
       const row = h('tr', { testid: 'appointment-row', 'data-id': b.appointmentId, 'data-status': status, tabindex: '-1' },
         h('td', { 'data-label': 'Time' }, h('time', { datetime: b.start }, `${fmtTime(b.start)}–${fmtTime(b.end)}`)),
+        practitionerName ? h('td', { 'data-label': 'Practitioner' }, practitionerName) : null,
         h('td', { 'data-label': 'Patient' }, who, a ? h('span', { class: 'muted small block' }, `HIS ${a.patient.hisPatientId}`) : null),
         h('td', { 'data-label': 'Service' }, serviceName(b.serviceId)),
         h('td', { 'data-label': 'Status' }, h('span', { class: `badge s-${status.toLowerCase()}`, testid: 'status' }, STATUS_LABELS[status])),
@@ -527,14 +568,15 @@
       return form;
     }
 
-    // Live: any event of this practitioner's appointments reloads the list
+    // Live: any event of these practitioners' appointments reloads the list
     // (at least up to that event, so the read model has caught up).
-    function watch(pid) {
-      if (subscribedFor === pid) return;
+    function watch(ids) {
+      const key = ids.join(',');
+      if (subscribedFor === key) return;
       unsubscribe?.();
-      subscribedFor = pid;
+      subscribedFor = key;
       let timer = null;
-      unsubscribe = subscribe('subscription($p: [ID!]) { appointmentEvents(filter: { practitionerIds: $p }) { position type } }', { p: [pid] },
+      unsubscribe = subscribe('subscription($p: [ID!]) { appointmentEvents(filter: { practitionerIds: $p }) { position type } }', { p: ids },
         (data) => {
           clearTimeout(timer);
           timer = setTimeout(() => ctx.live() && load(data.appointmentEvents.position), 200);

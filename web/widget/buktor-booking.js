@@ -331,7 +331,11 @@
         if (!this.isConnected) return;
         this.teardown();
         const gen = ++this.gen;
-        this.start(gen).catch((e) => { if (gen === this.gen) this.fail(e); });
+        this.start(gen).catch((e) => {
+          if (gen !== this.gen) return;
+          if (this.loading) this.loading.remove();
+          this.fail(e);
+        });
       });
     }
 
@@ -445,6 +449,9 @@
       const own = this.ownTime(start, localStart, sameDay ? time : { ...date, ...time });
       return own ? `${text} (${this.t.yourTime(own)})` : text;
     }
+
+    /** A calendar date (YYYY-MM-DD) in words; a date has no time zone, so format it as UTC. */
+    dayLabel(date, opts) { return fmt(this.lang, { ...opts, timeZone: 'UTC' }, new Date(`${date}T12:00:00Z`)); }
 
     slotDate(slot) {
       if (LOCAL_RE.test(slot.localStart || '')) return slot.localStart.slice(0, 10);
@@ -628,11 +635,10 @@
         make: () => h('button', { type: 'button', class: 'day', testid: 'day', part: 'day', 'data-date': date,
           onclick: () => this.chooseDay(date) }),
         update: (el) => {
-          const d = new Date(`${date}T12:00:00Z`);
           el.setAttribute('aria-pressed', String(date === this.selectedDate));
-          fill(el, h('span', { class: 'small' }, fmt(this.lang, { weekday: 'short', timeZone: 'UTC' }, d)),
-            h('span', { class: 'd' }, fmt(this.lang, { day: 'numeric', month: 'short', timeZone: 'UTC' }, d)));
-          el.setAttribute('aria-label', fmt(this.lang, { weekday: 'long', day: 'numeric', month: 'long', timeZone: 'UTC' }, d));
+          fill(el, h('span', { class: 'small' }, this.dayLabel(date, { weekday: 'short' })),
+            h('span', { class: 'd' }, this.dayLabel(date, { day: 'numeric', month: 'short' })));
+          el.setAttribute('aria-label', this.dayLabel(date, { weekday: 'long', day: 'numeric', month: 'long' }));
         },
       })));
       this.renderSlots();
@@ -666,7 +672,7 @@
     chooseDay(date) {
       this.selectedDate = date;
       this.renderPicker();
-      this.announce(`${this.hospitalTime(`${date}T12:00:00Z`, `${date}T12:00`, { weekday: 'long', day: 'numeric', month: 'long' })}: ${this.t.daySlots(this.slotsOn(date).length)}`);
+      this.announce(`${this.dayLabel(date, { weekday: 'long', day: 'numeric', month: 'long' })}: ${this.t.daySlots(this.slotsOn(date).length)}`);
     }
 
     // ---- holds
@@ -759,7 +765,7 @@
     async start(gen) {
       const t = this.t;
       this.clearError();
-      this.frame(h('p', {}, t.loading));
+      this.frame((this.loading = h('p', {}, t.loading)));
       this.hold = null;
       this.patient = null;
       if (!this.tenant) throw new ApiError({ code: 'TENANT_MISSING', detail: t.noTenant });
@@ -770,11 +776,12 @@
         if (!token) throw new ApiError({ code: 'TOKEN_MISSING', detail: t.noToken });
         // Embed tokens live minutes and the session hours: reuse the session
         // when only another attribute (lang, service…) changed.
-        if (!this.session || this.session.token !== token) {
+        const cacheKey = `${this.apiBase} ${this.tenant} ${token}`;
+        if (!this.session || this.session.cacheKey !== cacheKey) {
           this.session = null;
           const s = await this.api('POST', '/embed/v1/session', { body: { token }, auth: null });
           if (gen !== this.gen) return;
-          this.session = { token, key: s.session };
+          this.session = { cacheKey, key: s.session };
         }
         this.auth = `Bearer ${this.session.key}`;
       }
@@ -1026,7 +1033,7 @@
     async start(gen) {
       const t = this.t;
       this.clearError();
-      this.frame(h('p', {}, t.loading));
+      this.frame((this.loading = h('p', {}, t.loading)));
       this.hold = null;
       if (!this.tenant) throw new ApiError({ code: 'TENANT_MISSING', detail: t.noTenant });
       const token = (this.getAttribute('token') || '').trim();
@@ -1092,6 +1099,11 @@
         if (gen !== this.gen) return;
         this.dropHold();
         this.stopStream();
+        // Moving the appointment gives a new manage token (the old one ends at the old start).
+        if (appt.manageToken) {
+          this.auth = `Manage ${appt.manageToken}`;
+          if (this.onToken) this.onToken(appt.manageToken);
+        }
         this.render(appt);
         this.announce(doneText);
         this.emit(event, { appointmentId: appt.appointmentId, start: appt.start, end: appt.end, status: normStatus(appt.status) });
@@ -1124,8 +1136,9 @@
       const tenant = decodeURIComponent(parts[parts.length - 2] || '');
       const query = new URLSearchParams(location.search);
       const token = new URLSearchParams(location.hash.slice(1)).get('token');
-      // Take the token out of the address bar and history once read.
-      if (location.hash) history.replaceState(null, '', location.pathname + location.search);
+      // The embed token is for this one page load: take it out of the address
+      // bar and history. The manage token stays, so a reload or bookmark works.
+      if (location.hash && page !== 'manage') history.replaceState(null, '', location.pathname + location.search);
       const el = document.createElement(page === 'manage' ? 'buktor-manage' : 'buktor-booking');
       el.setAttribute('tenant', tenant);
       el.setAttribute('api-base', location.origin);
@@ -1133,6 +1146,7 @@
       if (lang) { el.setAttribute('lang', lang); document.documentElement.lang = lang; }
       if (page === 'manage') {
         if (token) el.setAttribute('token', token);
+        el.onToken = (t) => history.replaceState(null, '', `${location.pathname}${location.search}#token=${encodeURIComponent(t)}`);
       } else {
         for (const name of ['service', 'practitioner', 'mode']) if (query.get(name)) el.setAttribute(name, query.get(name));
         if (token) el.setAttribute('embed-token', token);

@@ -155,6 +155,7 @@
     :host([hidden]), [hidden] { display: none !important; }
     *, *::before, *::after { box-sizing: border-box; }
     .w { display: grid; gap: 1.1rem; padding: 1rem; }
+    .pick, .stack { display: grid; gap: 1.1rem; }
     h2 { font-size: 1.3rem; margin: 0; }
     h3 { font-size: 1.05rem; margin: 0 0 .5rem; }
     p { margin: 0; }
@@ -833,7 +834,7 @@
         h('h3', { id: 'hold-h', tabindex: '-1' }, t.yourAppointment), this.summary, this.countdown, this.form);
       this.done = h('div');
 
-      this.main = h('div', { class: 'w', style: 'padding:0' },
+      this.main = h('div', { class: 'stack' },
         this.staff ? this.staffFields() : null,
         h('div', { class: 'fields' },
           h('label', { part: 'field' }, t.service, this.serviceSel),
@@ -1055,7 +1056,7 @@
       this.countdown = h('p', { testid: 'hold-countdown', class: 'countdown', role: 'timer', part: 'countdown' });
       this.moveBtn = h('button', { type: 'button', class: 'primary', testid: 'confirm', part: 'button confirm', onclick: () => this.reschedule() });
       this.holdBox = h('div', { class: 'box', part: 'hold', hidden: true }, this.countdown, h('div', { class: 'row' }, this.moveBtn));
-      const moveArea = h('div', { hidden: true }, this.picker(), this.holdBox);
+      const moveArea = h('div', { class: 'stack', hidden: true }, this.picker(), this.holdBox);
       this.frame(
         h('header', { part: 'header' }, h('h2', { part: 'title' }, t.manageTitle)),
         h('section', { class: 'box', part: 'appointment', 'data-appointment': appt.appointmentId },
@@ -1151,10 +1152,17 @@
         for (const name of ['service', 'practitioner', 'mode']) if (query.get(name)) el.setAttribute(name, query.get(name));
         if (token) el.setAttribute('embed-token', token);
       }
-      // Relay the element's events to the embedding page. Their details carry
-      // ids and times only, never a token or session, so any parent may read them.
+      // Relay the element's events to the embedding page, which may be on any
+      // origin ('*'): so without secrets. The hold id is a signed token that
+      // can book or release the hold, so it stays in the frame; the rest are
+      // ids and times.
       if (window.parent !== window) {
-        for (const name of EVENTS) el.addEventListener(`buktor:${name}`, (e) => window.parent.postMessage({ type: e.type, detail: e.detail }, '*'));
+        for (const name of EVENTS) {
+          el.addEventListener(`buktor:${name}`, (e) => {
+            const { holdId, ...detail } = e.detail || {};
+            window.parent.postMessage({ type: e.type, detail }, '*');
+          });
+        }
         // Lets the parent size the iframe to the content (no scrollbars on a phone).
         new ResizeObserver(() => window.parent.postMessage({ type: 'buktor:resize', detail: { height: document.documentElement.scrollHeight } }, '*'))
           .observe(document.body);

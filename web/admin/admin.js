@@ -44,6 +44,15 @@
   let cleanups = []; // subscriptions and timers of the current screen
   const cache = {}; // practitioners and services, read once per page
 
+  // sessionStorage may throw in a third-party iframe when the browser blocks
+  // its storage; then we simply do without (a reload asks the HIS again).
+  const store = {
+    get(k) { try { return sessionStorage.getItem(k); } catch (e) { return null; } },
+    set(k, v) { try { sessionStorage.setItem(k, v); } catch (e) { /* not kept */ } },
+    del(k) { try { sessionStorage.removeItem(k); } catch (e) { /* nothing kept */ } },
+    json(k) { try { return JSON.parse(this.get(k)); } catch (e) { return null; } },
+  };
+
   // ---------- small DOM helpers (text only, never innerHTML with data) ----------
 
   function h(tag, attrs, ...children) {
@@ -168,7 +177,7 @@
     const body = await res.json().catch(() => null);
     if (res.status === 401) {
       // The session ran out (8 hours) or was revoked: nothing on screen can be trusted now.
-      sessionStorage.removeItem(storeKey);
+      store.del(storeKey);
       showAuthError(body?.code || 'UNAUTHENTICATED', 'Your session has ended. Open this screen again from your hospital system.');
       throw new ApiError(body?.code || 'UNAUTHENTICATED', 'session ended');
     }
@@ -194,12 +203,14 @@
   }
 
   // Every page of a catalogue connection (a page holds at most 500).
-  async function allNodes(field, selection) {
+  // atLeast: a position the list must include (the catalogue is a read model
+  // that follows the writes a moment later).
+  async function allNodes(field, selection, atLeast) {
     const nodes = [];
     let after = null;
     do {
-      const d = (await gql(`query($after: String) { c: ${field}(first: 500, after: $after, includeInactive: true) {
-          pageInfo { hasNextPage endCursor } nodes { ${selection} } } }`, { after })).c;
+      const d = (await gql(`query($after: String, $atLeast: String) { c: ${field}(first: 500, after: $after, includeInactive: true, atLeast: $atLeast) {
+          pageInfo { hasNextPage endCursor } nodes { ${selection} } } }`, { after, atLeast: atLeast || null })).c;
       nodes.push(...d.nodes);
       after = d.pageInfo.hasNextPage ? d.pageInfo.endCursor : null;
     } while (after);
@@ -211,8 +222,8 @@
     return cache[key];
   }
   const practitioners = () => cached('practitioners', () => allNodes('practitioners', 'id name specialty department active'));
-  const services = () => cached('services', () => allNodes('services', `id name durationMinutes bufferBeforeMinutes
-    bufferAfterMinutes capacity practitionerIds minNoticeMinutes maxAdvanceDays externalId active`));
+  const services = (atLeast) => cached('services', () => allNodes('services', `id name durationMinutes bufferBeforeMinutes
+    bufferAfterMinutes capacity practitionerIds minNoticeMinutes maxAdvanceDays externalId active`, atLeast));
 
   // Live updates over graphql-transport-ws; on any failure the caller's poll
   // keeps the screen fresh instead, so a proxy without WebSocket still works.
@@ -261,18 +272,18 @@
       session = body;
       // sessionStorage (per tab, per origin, gone with the tab) lets a reload
       // inside the iframe keep working; never localStorage, which outlives it.
-      sessionStorage.setItem(storeKey, JSON.stringify(session));
+      store.set(storeKey, JSON.stringify(session));
     } else {
-      try { session = JSON.parse(sessionStorage.getItem(storeKey)); } catch (e) { session = null; }
+      session = store.json(storeKey);
       if (!session?.session || Date.parse(session.expiresAt) <= Date.now()) {
-        sessionStorage.removeItem(storeKey);
+        store.del(storeKey);
         return showAuthError(session ? 'TOKEN_EXPIRED' : 'TOKEN_MISSING', authMessage(session ? 'TOKEN_EXPIRED' : 'TOKEN_MISSING'));
       }
     }
     // The page is framed under the path's hospital allow-list; a token of
     // another hospital must not show its data there.
     if (String(session.tenant?.id).toLowerCase() !== tenantInPath.toLowerCase()) {
-      sessionStorage.removeItem(storeKey);
+      store.del(storeKey);
       return showAuthError('TENANT_MISMATCH', 'This sign-in belongs to another hospital. Open the screen again from your hospital system.');
     }
     zone = session.tenant?.timeZone || 'UTC';
@@ -360,11 +371,11 @@
   async function practitionerSelect(onChange, withDepartments) {
     const list = await practitioners();
     const key = `${storeKey}:practitioner${withDepartments ? '+dept' : ''}`;
-    const saved = sessionStorage.getItem(key);
+    const saved = store.get(key);
     const option = (value, text) => h('option', { value, selected: value === saved }, text);
     const people = list.map((p) => option(p.id, `${p.name} — ${p.specialty}${p.active ? '' : ' (inactive)'}`));
     const departments = [...new Set(list.filter((p) => p.active && p.department).map((p) => p.department))].sort();
-    const select = h('select', { testid: 'practitioner', onchange: () => { sessionStorage.setItem(key, select.value); onChange(select.value); } },
+    const select = h('select', { testid: 'practitioner', onchange: () => { store.set(key, select.value); onChange(select.value); } },
       withDepartments && departments.length
         ? [h('optgroup', { label: 'Practitioners' }, people), h('optgroup', { label: 'Departments' }, departments.map((d) => option(`dept:${d}`, `${d} (department)`)))]
         : people);
@@ -376,7 +387,7 @@
 
   async function appointments(ctx) {
     const today = localDate(new Date());
-    const saved = JSON.parse(sessionStorage.getItem(`${storeKey}:appointments`) || '{}');
+    const saved = store.json(`${storeKey}:appointments`) || {};
     const state = { date: saved.date || today, view: saved.view || 'day', status: saved.status || '' };
     const serviceList = await services().catch(() => []);
     const serviceName = (id) => serviceList.find((s) => s.id === id)?.name || 'Service';
@@ -409,7 +420,7 @@
 
     // atLeast: a position the read must include (after a write or a live event).
     async function load(atLeast) {
-      sessionStorage.setItem(`${storeKey}:appointments`, JSON.stringify(state));
+      store.set(`${storeKey}:appointments`, JSON.stringify(state));
       if (atLeast) waitFor = atLeast;
       // One read at a time; a change meanwhile asks for one more after it.
       if (loading) { again = true; return loading; }
@@ -522,7 +533,7 @@
       const id = b.appointmentId;
       const label = `${who} at ${fmtTime(b.start)}`;
       const box = h('div', { class: 'row-actions' });
-      const cancelForm = cancelDialog(id, label, box);
+      const cancelForm = status === 'BOOKED' ? cancelDialog(id, label, box) : null;
       for (const action of ACTIONS[status] || []) {
         box.append(h('button', {
           type: 'button', testid: 'status-action', 'data-status': action.status,
@@ -548,7 +559,7 @@
           if (r) load(r.r.position);
         } }, field('New start', input), h('button', { type: 'submit', testid: 'reschedule-submit' }, 'Reschedule')));
       }
-      box.append(cancelForm);
+      if (cancelForm) box.append(cancelForm);
       return box;
     }
 
@@ -701,9 +712,9 @@
   async function servicesScreen(ctx) {
     const body = h('div');
     ctx.view.append(h('h1', {}, 'Services'), body);
-    async function load() {
+    async function load(atLeast) {
       delete cache.services;
-      const [list, people] = await Promise.all([services(), practitioners()]);
+      const [list, people] = await Promise.all([services(atLeast), practitioners()]);
       if (!ctx.live()) return;
       const names = (ids) => ids.map((id) => people.find((p) => p.id === id)?.name || id).join(', ') || '—';
       const form = ctx.write ? serviceForm(people) : null;
@@ -722,9 +733,9 @@
             ctx.write ? h('td', { class: 'actions' },
               h('button', { type: 'button', testid: 'edit-service', 'aria-label': `Edit ${s.name}`, onclick: () => form.edit(s) }, 'Edit'),
               h('button', { type: 'button', 'aria-label': `${s.active ? 'Deactivate' : 'Activate'} ${s.name}`, onclick: async () => {
-                const r = await act(() => gql('mutation($id: ID!, $a: Boolean!) { setServiceActive(id: $id, active: $a) { events } }', { id: s.id, a: !s.active }),
+                const r = await act(() => gql('mutation($id: ID!, $a: Boolean!) { r: setServiceActive(id: $id, active: $a) { position } }', { id: s.id, a: !s.active }),
                   `${s.name} ${s.active ? 'deactivated' : 'activated'}.`);
-                if (r) load();
+                if (r) load(r.r.position);
               } }, s.active ? 'Deactivate' : 'Activate')) : null))))
           : h('p', { class: 'muted' }, 'No services yet.'),
         form);
@@ -737,7 +748,8 @@
       const duration = num(30, 1); const before = num(0, 0); const after = num(0, 0); const capacity = num(1, 1);
       const notice = num(0, 0); const advance = num(90, 1);
       const external = h('input', { type: 'text' });
-      const who = people.filter((p) => p.active).map((p) => h('label', { class: 'check' }, h('input', { type: 'checkbox', value: p.id }), p.name));
+      // Inactive practitioners are listed too: leaving them out would drop them from a service on save.
+      const who = people.map((p) => h('label', { class: 'check' }, h('input', { type: 'checkbox', value: p.id }), p.active ? p.name : `${p.name} (inactive)`));
       const heading = h('h2', { id: 'svc-form-h' }, 'New service');
       const submit = h('button', { type: 'submit', class: 'primary', testid: 'service-submit' }, 'Create service');
       const reset = h('button', { type: 'button', hidden: true, onclick: () => fill(null) }, 'Stop editing');
@@ -759,10 +771,10 @@
           practitionerIds: who.map((l) => l.firstChild).filter((c) => c.checked).map((c) => c.value),
         };
         const r = await act(() => (editing
-          ? gql('mutation($id: ID!, $i: ServiceInput!) { updateService(id: $id, input: $i) { id } }', { id: editing.id, i: input })
-          : gql('mutation($i: ServiceInput!) { defineService(input: $i) { id } }', { i: input })),
+          ? gql('mutation($id: ID!, $i: ServiceInput!) { r: updateService(id: $id, input: $i) { position } }', { id: editing.id, i: input })
+          : gql('mutation($i: ServiceInput!) { r: defineService(input: $i) { position } }', { i: input })),
         `${input.name} ${editing ? 'saved' : 'created'}.`);
-        if (r) load();
+        if (r) load(r.r.position);
       } }, heading,
       h('div', { class: 'row' }, field('Name', name), field('Duration (minutes)', duration), field('Buffer before (minutes)', before),
         field('Buffer after (minutes)', after), field('Capacity', capacity, '1 for a normal visit, more for a group'),

@@ -315,6 +315,7 @@
     $('#hospital').title = `Times are in ${zone}`;
     $('#signed-in').replaceChildren(`${session.name || session.user} `, h('span', { class: 'role' }, session.role));
     $('#signed-in').setAttribute('aria-label', `Signed in as ${session.name || session.user}, role ${session.role}`);
+    $('#signed-in').title = `User ${session.user} of your hospital system`;
     if (session.role === 'auditor') {
       $('#signed-in').after(h('span', { class: 'badge read-only', testid: 'read-only' }, 'Read-only'));
     }
@@ -845,13 +846,24 @@
 
     async function showLog(ep, focus = true) {
       shownLog = ep.id;
-      const d = await gql(`query($id: ID!) { webhookEndpoint(id: $id) { attempts(first: 100) { nodes {
-          attempt messageId eventId startedAt latencyMs statusCode error outcome } } } }`, { id: ep.id });
+      // The log is read oldest first and only forwards, but it is looked at
+      // when something just went wrong: keep the newest 100, newest first.
+      let attempts = []; let total = 0; let after = null;
+      do {
+        const d = await gql(`query($id: ID!, $after: String) { webhookEndpoint(id: $id) { attempts(first: 500, after: $after) {
+            pageInfo { hasNextPage endCursor }
+            nodes { attempt messageId eventId startedAt latencyMs statusCode error outcome } } } }`, { id: ep.id, after });
+        const page = d.webhookEndpoint?.attempts;
+        if (!page) break;
+        total += page.nodes.length;
+        attempts = attempts.concat(page.nodes).slice(-100);
+        after = page.pageInfo.hasNextPage ? page.pageInfo.endCursor : null;
+      } while (after && ctx.live());
       if (!ctx.live()) return;
-      // Newest first: the log is read when something just went wrong.
-      const attempts = [...(d.webhookEndpoint?.attempts.nodes || [])].reverse();
+      attempts.reverse();
       log.hidden = false;
-      log.replaceChildren(h('h2', { id: 'log-h', tabindex: '-1' }, 'Delivery log: ', h('span', { class: 'url' }, ep.url)),
+      put(log, h('h2', { id: 'log-h', tabindex: '-1' }, 'Delivery log: ', h('span', { class: 'url' }, ep.url)),
+        total > attempts.length ? h('p', { class: 'muted' }, `The latest ${attempts.length} of ${total} attempts, newest first.`) : null,
         attempts.length ? h('table', { class: 'list' },
           h('thead', {}, h('tr', {}, ['Time', 'Message', 'Attempt', 'Answer', 'Latency', 'Outcome'].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', {}, attempts.map((a) => h('tr', { testid: 'delivery-row', 'data-outcome': a.outcome },

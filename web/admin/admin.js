@@ -87,15 +87,17 @@
   function say(text) {
     // Re-set so the same message twice is still announced.
     const s = $('#status');
+    if (!s) return; // signed out meanwhile: only the auth error is on screen
     s.textContent = '';
     setTimeout(() => { s.textContent = text; }, 30);
     clearTimeout(say.timer);
     say.timer = setTimeout(() => { s.textContent = ''; }, 8000);
   }
 
-  function clearAlerts() { $('#alerts').replaceChildren(); }
+  function clearAlerts() { $('#alerts')?.replaceChildren(); }
 
   function showError(err) {
+    if (!$('#alerts') || err.sessionEnded) return; // the auth error already says it all
     const code = err.code || 'ERROR';
     const alert = h('div', { class: 'alert', role: 'alert', testid: 'error', 'data-code': code },
       h('strong', {}, describeCode(code)), ' ', h('span', {}, err.message || String(err)), ' ',
@@ -179,7 +181,7 @@
       // The session ran out (8 hours) or was revoked: nothing on screen can be trusted now.
       store.del(storeKey);
       showAuthError(body?.code || 'UNAUTHENTICATED', 'Your session has ended. Open this screen again from your hospital system.');
-      throw new ApiError(body?.code || 'UNAUTHENTICATED', 'session ended');
+      throw Object.assign(new ApiError(body?.code || 'UNAUTHENTICATED', 'session ended'), { sessionEnded: true });
     }
     if (body?.errors?.length) {
       const e = body.errors[0];
@@ -197,7 +199,7 @@
       if (done) say(done);
       return result ?? true;
     } catch (e) {
-      if (e.code !== 'UNAUTHENTICATED' && e.code !== 'TOKEN_EXPIRED') showError(e);
+      showError(e);
       return null;
     }
   }
@@ -227,18 +229,19 @@
 
   // Live updates over graphql-transport-ws; on any failure the caller's poll
   // keeps the screen fresh instead, so a proxy without WebSocket still works.
-  function subscribe(query, variables, onNext, onReady) {
+  // onLive(true|false): whether changes arrive by themselves right now.
+  function subscribe(query, variables, onNext, onLive) {
     let ws; let closed = false; let retry = 1000;
     const open = () => {
       ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/graphql`, 'graphql-transport-ws');
       ws.onopen = () => ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${session.session}` } }));
       ws.onmessage = (m) => {
         const msg = JSON.parse(m.data);
-        if (msg.type === 'connection_ack') { retry = 1000; ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query, variables } })); onReady?.(); }
+        if (msg.type === 'connection_ack') { retry = 1000; ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query, variables } })); onLive?.(true); }
         else if (msg.type === 'ping') ws.send(JSON.stringify({ type: 'pong' }));
         else if (msg.type === 'next' && msg.payload?.data) onNext(msg.payload.data);
       };
-      ws.onclose = () => { if (!closed) { setTimeout(() => !closed && open(), retry); retry = Math.min(retry * 2, 30000); } };
+      ws.onclose = () => { if (!closed) { onLive?.(false); setTimeout(() => !closed && open(), retry); retry = Math.min(retry * 2, 30000); } };
     };
     open();
     return () => { closed = true; ws?.close(); };
@@ -359,7 +362,7 @@
     } else {
       const ctx = { view, gen, write: access === 'write', live: () => gen === generation };
       ({ appointments, schedules, services: servicesScreen, endpoints, audit })[screen](ctx)
-        .catch((e) => { if (ctx.live() && e.code !== 'UNAUTHENTICATED') showError(e); });
+        .catch((e) => { if (ctx.live()) showError(e); });
     }
     if (userNavigated) main.focus();
   }
@@ -587,13 +590,18 @@
       if (subscribedFor === key) return;
       unsubscribe?.();
       subscribedFor = key;
-      let timer = null;
+      let timer = null; let down = false;
       unsubscribe = subscribe('subscription($p: [ID!]) { appointmentEvents(filter: { practitionerIds: $p }) { position type } }', { p: ids },
         (data) => {
           clearTimeout(timer);
           timer = setTimeout(() => ctx.live() && load(data.appointmentEvents.position), 200);
         },
-        () => { liveNote.textContent = 'Live: changes appear by themselves'; });
+        (live) => {
+          liveNote.textContent = live ? 'Live: changes appear by themselves' : 'Updates every 30 seconds';
+          // Back after a drop: what happened meanwhile came by no event.
+          if (live && down && ctx.live()) load();
+          down = !live;
+        });
     }
     const poll = setInterval(() => ctx.live() && load(), POLL_MS);
     cleanups.push(() => { clearInterval(poll); unsubscribe?.(); });

@@ -1,17 +1,24 @@
-//! API keys: `bk_<key id>_<secret>`. Only a SHA-256 of the secret is stored;
-//! the secret has 256 random bits, so a fast hash is enough (no password
-//! stretching needed) and verification stays cheap on every request.
+//! Bearer credentials: API keys and browser sessions.
+//!
+//! API keys are `bk_<key id>_<secret>`. Only a SHA-256 of the secret is
+//! stored; the secret has 256 random bits, so a fast hash is enough (no
+//! password stretching needed) and verification stays cheap on every request.
+//!
+//! Sessions are `bks_<signed token>` (see `crate::embed::tokens`), made from
+//! an embed token the HIS server issued for one of its users; they act as
+//! that user, in the role the HIS gave them, until they expire.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buktor_domain::{Role, TenantId};
+use buktor_domain::{derived_uuid, Role, TenantId};
 use chrono::Utc;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::embed::tokens::{Grant, TokenError, TokenSigner};
 use crate::store::{ApiKeyRecord, Store, StoreError, TenantRecord};
 
 /// How long a verified key is trusted without asking the store again.
@@ -21,9 +28,15 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub tenant: TenantRecord,
+    /// What rate limits count against: the key, or the session's user.
     pub key_id: Uuid,
     pub key_name: String,
     pub role: Role,
+    /// Who the events record as the actor: `api-key:<id>` or `user:<HIS user id>`.
+    pub actor_id: String,
+    /// Whether the caller is a person in a browser session (its writes are
+    /// recorded as coming from the admin screens or the widget).
+    pub session: bool,
 }
 
 impl Principal {
@@ -38,6 +51,10 @@ pub enum AuthError {
     Missing,
     #[error("the API key is not valid")]
     Invalid,
+    #[error("the session is not valid")]
+    SessionInvalid,
+    #[error("the session has expired: open the page again from the HIS")]
+    SessionExpired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -83,18 +100,29 @@ fn parse_token(token: &str) -> Option<(Uuid, &str)> {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: Mutex<HashMap<Uuid, (ApiKeyRecord, TenantRecord, Instant)>>,
+    tokens: Arc<TokenSigner>,
+    tenants: Mutex<HashMap<TenantId, (TenantRecord, Instant)>>,
 }
 
+/// The prefix that tells a session from an API key.
+pub const SESSION_PREFIX: &str = "bks_";
+
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, tokens: Arc<TokenSigner>) -> Self {
         Authenticator {
             store,
             cache: Mutex::new(HashMap::new()),
+            tokens,
+            tenants: Mutex::new(HashMap::new()),
         }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let (id, secret) = parse_token(token.trim()).ok_or(AuthError::Invalid)?;
+        let token = token.trim();
+        if let Some(session) = token.strip_prefix(SESSION_PREFIX) {
+            return self.verify_session(session).await;
+        }
+        let (id, secret) = parse_token(token).ok_or(AuthError::Invalid)?;
         let cached = self
             .cache
             .lock()
@@ -126,9 +154,61 @@ impl Authenticator {
         Ok(Principal {
             tenant,
             key_id: key.id,
+            actor_id: format!("api-key:{}", key.id),
             key_name: key.name,
             role: key.role,
+            session: false,
         })
+    }
+
+    async fn verify_session(&self, token: &str) -> Result<Principal, AuthError> {
+        let verified = self
+            .tokens
+            .verify(token, "session")
+            .await
+            .map_err(|e| match e {
+                TokenError::Expired => AuthError::SessionExpired,
+                TokenError::Invalid => AuthError::SessionInvalid,
+                TokenError::Store(e) => AuthError::Store(e),
+            })?;
+        let Grant::Session { user, name, role } = verified.grant else {
+            return Err(AuthError::SessionInvalid);
+        };
+        let tenant = self.tenant(verified.tenant).await?;
+        Ok(Principal {
+            key_id: derived_uuid(tenant.id, "session-user", &user),
+            actor_id: format!("user:{user}"),
+            key_name: name,
+            tenant,
+            role,
+            session: true,
+        })
+    }
+
+    /// A hospital's record, kept for a short while: sessions name the
+    /// hospital themselves, so this is their only store read.
+    pub async fn tenant(&self, id: TenantId) -> Result<TenantRecord, AuthError> {
+        let cached = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(t, _)| t.clone());
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        let tenant = self
+            .store
+            .tenant(id)
+            .await?
+            .ok_or(AuthError::SessionInvalid)?;
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if tenants.len() > 10_000 {
+            tenants.clear();
+        }
+        tenants.insert(id, (tenant.clone(), Instant::now()));
+        Ok(tenant)
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Config {
     /// Shifts the server's clock by this many seconds. For drills and tests
     /// that need "later today" now; a warning is logged when it is not 0.
     pub clock_offset_secs: i64,
+    /// Serve the browser pages (`web/`) from this directory, read at every
+    /// request, instead of the copies built into the binary: for working
+    /// on the widget and the admin screens without rebuilding.
+    pub web_dir: Option<PathBuf>,
     pub webhooks: Webhooks,
     pub notifications: Notifications,
 }
@@ -198,6 +202,7 @@ impl Default for Config {
                 filter: "info".into(),
             },
             clock_offset_secs: 0,
+            web_dir: None,
             webhooks: Webhooks::default(),
             notifications: Notifications::default(),
         }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::app::{Clock, OffsetClock, Scheduler, SystemClock};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
+use crate::embed::tokens::TokenSigner;
 use crate::graphql::{BuktorSchema, RequestInfo};
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
@@ -41,6 +42,10 @@ pub struct AppState {
     pub live: Arc<LiveFeed>,
     /// The projections' runners and read models.
     pub read_side: Arc<ReadSide>,
+    /// Signs and checks the browser's tokens (embed, session, manage, hold).
+    pub tokens: Arc<TokenSigner>,
+    /// See `Config::web_dir`.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -57,6 +62,7 @@ impl AppState {
                 config.clock_offset_secs,
             )))
         };
+        let tokens = Arc::new(TokenSigner::new(store.clone(), clock.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), clock, metrics.clone()));
         let read_side = ReadSide::new(store.clone());
         AppState {
@@ -67,7 +73,9 @@ impl AppState {
                 config.webhooks.clone(),
             ),
             read_side,
-            auth: Authenticator::new(store.clone()),
+            auth: Authenticator::new(store.clone(), tokens.clone()),
+            tokens,
+            web_dir: config.web_dir.clone(),
             limiter: RateLimiter::new(
                 config.rate_limit.requests,
                 Duration::from_secs(config.rate_limit.window_secs),
@@ -109,6 +117,7 @@ impl Application {
                 .route("/events/stream", web::get().to(crate::feed::stream))
                 .service(web::scope("/fhir/r4").configure(crate::fhir::configure))
                 .service(web::scope("/his/v1").configure(crate::his::configure))
+                .configure(crate::embed::configure)
                 .default_service(web::to(not_found))
         })
         .disable_signals()

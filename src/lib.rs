@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod embed;
 pub mod feed;
 pub mod fhir;
 pub mod graphql;

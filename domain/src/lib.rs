@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod appointment;
 pub mod booking;
 pub mod calendar;
+pub mod embedding;
 pub mod error;
 pub mod his;
 pub mod ids;

@@ -814,10 +814,11 @@ pub struct RecordPatientContact {
     pub his_patient_id: buktor_domain::values::ShortText,
     pub contact: buktor_domain::patient::PatientContact,
 }
+// A patient records their own, through the widget only (see `crate::embed`).
 command!(
     RecordPatientContact,
     "recordPatientContact",
-    books,
+    books_or_patient,
     record_patient_contact
 );
 

@@ -10,11 +10,13 @@
 //! with `SLOT_TAKEN`).
 mod cache;
 mod commands;
+mod embedding;
 mod his;
 mod notification_settings;
 mod queries;
 
 pub use commands::*;
+pub use embedding::*;
 pub use his::*;
 pub use notification_settings::*;
 
@@ -188,6 +190,7 @@ pub struct Scheduler {
     patients: AggregateCache<buktor_domain::patient::Patient>,
     notification_settings: AggregateCache<crate::notifications::settings::NotificationSettings>,
     his_records: AggregateCache<buktor_domain::his::HisRecord>,
+    embedding_settings: AggregateCache<buktor_domain::embedding::EmbeddingSettings>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// This instance's appends, for the projection runners and the live
     /// feed (`crate::live`) to read a write at once rather than at their
@@ -270,6 +273,7 @@ impl Scheduler {
             patients: AggregateCache::new(50_000),
             notification_settings: AggregateCache::new(1_000),
             his_records: AggregateCache::new(50_000),
+            embedding_settings: AggregateCache::new(1_000),
             stripes: (0..CONTENTION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

@@ -779,7 +779,7 @@ fn command_context(req: &HttpRequest, p: &Principal) -> Result<CommandContext, O
         tenant: p.tenant.id,
         time_zone: p.tenant.time_zone,
         actor: Actor {
-            id: format!("api-key:{}", p.key_id),
+            id: p.actor_id.clone(),
             role: p.role,
         },
         source: match p.role {

@@ -4,11 +4,12 @@
 //! Errors: every error carries `extensions.code`. Domain refusals keep their
 //! stable domain code; failures inside the server say `INTERNAL` and show no
 //! detail (the cause is logged with the request id).
+mod embedding;
 mod events;
 mod inputs;
 mod notifications;
 mod read;
-mod slot_changes;
+pub(crate) mod slot_changes;
 mod subscriptions;
 mod types;
 mod webhooks;
@@ -144,7 +145,7 @@ fn command_context(ctx: &Context<'_>, idempotency_key: Option<String>) -> Result
         tenant: p.tenant.id,
         time_zone: p.tenant.time_zone,
         actor: Actor {
-            id: format!("api-key:{}", p.key_id),
+            id: p.actor_id.clone(),
             role: p.role,
         },
         source: info.source.unwrap_or(match p.role {
@@ -165,6 +166,7 @@ pub struct QueryRoot(
     read::ReadQuery,
     webhooks::WebhookQuery,
     notifications::NotificationQuery,
+    embedding::EmbeddingQuery,
 );
 
 #[derive(Default)]
@@ -245,6 +247,7 @@ pub struct MutationRoot(
     CoreMutation,
     webhooks::WebhookMutation,
     notifications::NotificationMutation,
+    embedding::EmbeddingMutation,
 );
 
 #[derive(Default)]

@@ -22,7 +22,7 @@ use crate::notifications::settings::{
 };
 use crate::notifications::templates::{TemplateText, MAX_BODY_CHARS, MAX_SUBJECT_CHARS};
 
-fn require(ctx: &Context<'_>, allowed: &[Role], action: &'static str) -> Result<()> {
+pub(super) fn require(ctx: &Context<'_>, allowed: &[Role], action: &'static str) -> Result<()> {
     let role = principal(ctx).role;
     if allowed.contains(&role) {
         Ok(())

@@ -54,43 +54,8 @@ struct Watch {
 }
 
 impl Watch {
-    /// The practitioner-days an event may have changed.
     fn touched(&self, e: &RecordedEvent) -> Vec<(PractitionerId, NaiveDate)> {
-        let all_days = |p: PractitionerId| {
-            self.from
-                .iter_days()
-                .take_while(|d| *d <= self.to)
-                .map(move |d| (p, d))
-                .collect::<Vec<_>>()
-        };
-        let id = &e.stream_id;
-        if let Some(rest) = id.strip_prefix("calendar-") {
-            if rest.len() == 36 + 1 + 10 {
-                if let (Ok(p), Ok(d)) = (rest[..36].parse(), rest[37..].parse::<NaiveDate>()) {
-                    if self.practitioners.contains(&p) && d >= self.from && d <= self.to {
-                        return vec![(p, d)];
-                    }
-                }
-            }
-            return vec![];
-        }
-        for prefix in ["schedule-", "practitioner-"] {
-            if let Some(p) = id.strip_prefix(prefix).and_then(|p| p.parse().ok()) {
-                return if self.practitioners.contains(&p) {
-                    all_days(p)
-                } else {
-                    vec![]
-                };
-            }
-        }
-        if id.starts_with("service-") {
-            return self
-                .practitioners
-                .iter()
-                .flat_map(|p| all_days(*p))
-                .collect();
-        }
-        vec![]
+        touched_days(e, &self.practitioners, self.from, self.to)
     }
 
     async fn day(&self, p: PractitionerId, date: NaiveDate, at: Position) -> Result<SlotChange> {
@@ -114,6 +79,48 @@ impl Watch {
                 .collect(),
         })
     }
+}
+
+/// The practitioner-days of `practitioners` on `from..=to` whose free
+/// slots an event may have changed: its calendar day, or every day of a
+/// practitioner whose schedule or record changed, or every day of all of
+/// them when a service changed.
+pub(crate) fn touched_days(
+    e: &RecordedEvent,
+    practitioners: &BTreeSet<PractitionerId>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Vec<(PractitionerId, NaiveDate)> {
+    let all_days = |p: PractitionerId| {
+        from.iter_days()
+            .take_while(|d| *d <= to)
+            .map(move |d| (p, d))
+            .collect::<Vec<_>>()
+    };
+    let id = &e.stream_id;
+    if let Some(rest) = id.strip_prefix("calendar-") {
+        if rest.len() == 36 + 1 + 10 {
+            if let (Ok(p), Ok(d)) = (rest[..36].parse(), rest[37..].parse::<NaiveDate>()) {
+                if practitioners.contains(&p) && d >= from && d <= to {
+                    return vec![(p, d)];
+                }
+            }
+        }
+        return vec![];
+    }
+    for prefix in ["schedule-", "practitioner-"] {
+        if let Some(p) = id.strip_prefix(prefix).and_then(|p| p.parse().ok()) {
+            return if practitioners.contains(&p) {
+                all_days(p)
+            } else {
+                vec![]
+            };
+        }
+    }
+    if id.starts_with("service-") {
+        return practitioners.iter().flat_map(|p| all_days(*p)).collect();
+    }
+    vec![]
 }
 
 fn live_error(e: LiveError) -> async_graphql::Error {

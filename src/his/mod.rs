@@ -78,7 +78,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }));
 }
 
-/// A refusal, as RFC 9457 problem details.
+/// A refusal, as RFC 9457 problem details (also the widget API's).
 #[derive(Debug, Clone)]
 pub struct Problem {
     status: StatusCode,
@@ -88,7 +88,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Problem {
             status,
             code: code.to_owned(),
@@ -111,7 +111,7 @@ impl Problem {
         }
     }
 
-    fn response(&self) -> HttpResponse {
+    pub(crate) fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)
             .content_type("application/problem+json")
             .json(self.body())
@@ -131,6 +131,7 @@ impl From<AppError> for Problem {
             AppError::Domain(d) if d.is_not_found() => StatusCode::NOT_FOUND,
             AppError::Domain(
                 D::SlotTaken { .. }
+                | D::HoldExpired { .. }
                 | D::AppointmentAlreadyExists(_)
                 | D::InvalidTransition { .. }
                 | D::HisVersionKindChanged { .. },
@@ -187,7 +188,7 @@ fn context(req: &HttpRequest, p: &Principal, key: String) -> CommandContext {
         tenant: p.tenant.id,
         time_zone: p.tenant.time_zone,
         actor: Actor {
-            id: format!("api-key:{}", p.key_id),
+            id: p.actor_id.clone(),
             role: p.role,
         },
         source: Source::HisApi,

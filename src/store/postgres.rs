@@ -607,7 +607,10 @@ impl Directory for PostgresStore {
             .await
             .map_err(map_db)?;
         let row = client
-            .query_one("SELECT secret FROM server_secrets WHERE name = $1", &[&name])
+            .query_one(
+                "SELECT secret FROM server_secrets WHERE name = $1",
+                &[&name],
+            )
             .await
             .map_err(map_db)?;
         Ok(row.get(0))

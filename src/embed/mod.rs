@@ -322,8 +322,12 @@ pub(crate) fn framed_page(html: assets::Asset, settings: &EmbeddingSettings) -> 
     let ancestors: Vec<&str> = std::iter::once("'self'")
         .chain(settings.allowed_origins.iter().map(|o| o.as_str()))
         .collect();
+    // Inline styles only (the widget's shadow root has its own); scripts,
+    // calls and the admin screens' WebSocket go to this server alone.
     let csp = format!(
-        "frame-ancestors {}; base-uri 'none'; object-src 'none'; form-action 'self'",
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; frame-ancestors {}; \
+         base-uri 'none'; object-src 'none'; form-action 'self'",
         ancestors.join(" ")
     );
     let mut res = html.response();

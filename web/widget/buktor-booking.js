@@ -84,6 +84,17 @@
       moveTo: (t) => `Move the appointment to ${t}`,
       rescheduled: 'The appointment is moved.',
       noToken2: 'This link has no manage token.',
+      // Said first, in the widget's language, for the API's codes a patient or
+      // staff member can act on; the server's own detail follows in small print.
+      codes: {
+        SLOT_TAKEN: 'Sorry, someone else has just taken this time. Please choose another time.',
+        HOLD_EXPIRED: 'Your reservation ran out and someone else took the time meanwhile. Please choose another time.',
+        PATIENT_BOOKING_DISABLED: 'Online booking is not available for this hospital.',
+        PATIENT_NOT_FOUND: 'No patient with this id was found.',
+        TOKEN_EXPIRED: 'This link or sign-in has expired.',
+        TOKEN_INVALID: 'This link or sign-in is not valid.',
+        RATE_LIMITED: 'Too many requests. Please wait a minute and try again.',
+      },
     },
     nl: {
       title: 'Afspraak maken',
@@ -139,6 +150,15 @@
       moveTo: (t) => `Afspraak verzetten naar ${t}`,
       rescheduled: 'De afspraak is verzet.',
       noToken2: 'Deze link bevat geen beheertoken.',
+      codes: {
+        SLOT_TAKEN: 'Helaas, iemand anders heeft deze tijd net genomen. Kies een andere tijd.',
+        HOLD_EXPIRED: 'Uw reservering is verlopen en iemand anders heeft de tijd intussen genomen. Kies een andere tijd.',
+        PATIENT_BOOKING_DISABLED: 'Online afspraken maken is bij dit ziekenhuis niet mogelijk.',
+        PATIENT_NOT_FOUND: 'Er is geen patiënt met dit nummer gevonden.',
+        TOKEN_EXPIRED: 'Deze link of aanmelding is verlopen.',
+        TOKEN_INVALID: 'Deze link of aanmelding is niet geldig.',
+        RATE_LIMITED: 'Te veel verzoeken. Wacht een minuut en probeer het opnieuw.',
+      },
     },
   };
 
@@ -378,10 +398,12 @@
       let data = null;
       try { data = text ? JSON.parse(text) : null; } catch { /* not JSON: handled below */ }
       if (!res.ok) {
-        throw new ApiError(data && data.code ? data : {
+        const err = new ApiError(data && data.code ? data : {
           code: `HTTP_${res.status}`, status: res.status,
           detail: (data && (data.detail || data.title)) || `${res.status} ${res.statusText}`.trim(),
         });
+        err.fromServer = true;
+        throw err;
       }
       return data;
     }
@@ -415,7 +437,9 @@
     fail(e) {
       const err = e instanceof ApiError ? e : new ApiError({ code: 'ERROR', detail: String((e && e.message) || e) });
       if (e && !(e instanceof ApiError)) console.error(e); // a bug of ours: keep the stack for whoever debugs
-      const box = h('div', { testid: 'error', role: 'alert', class: 'err', part: 'error', 'data-code': err.code }, err.detail);
+      const known = err.fromServer && this.t.codes[err.code];
+      const box = h('div', { testid: 'error', role: 'alert', class: 'err', part: 'error', 'data-code': err.code },
+        known ? [h('strong', {}, known), ' ', h('span', { class: 'small' }, err.detail)] : err.detail);
       this.errorSpot.replaceChildren(box);
       box.scrollIntoView({ block: 'nearest' });
       this.emit('error', { code: err.code, detail: err.detail });

@@ -1073,6 +1073,8 @@
     render(appt) {
       const t = this.t;
       this.appt = appt;
+      // Not in the contract's answer, but sent by the server: use it when there (localStart covers its absence).
+      if (appt.timeZone) this.tz = appt.timeZone;
       const status = normStatus(appt.status);
       const open = status === 'booked' && Date.parse(appt.start) > Date.now();
       this.statusEl = h('strong', { testid: 'manage-status', part: 'status', 'data-status': status }, t.statuses[status] || status);
@@ -1083,11 +1085,11 @@
       const moveArea = h('div', { class: 'stack', hidden: true }, this.picker(), this.holdBox);
       this.frame(
         h('header', { part: 'header' }, h('h2', { part: 'title' }, t.manageTitle)),
-        h('section', { class: 'box', part: 'appointment', 'data-appointment': appt.appointmentId },
+        (this.apptBox = h('section', { class: 'box', part: 'appointment', 'data-appointment': appt.appointmentId, tabindex: '-1' },
           h('p', {}, h('strong', {}, this.whenText(appt.start, appt.localStart))),
           h('p', {}, [appt.service && appt.service.name, appt.practitioner && t.with(appt.practitioner.name)].filter(Boolean).join(' · ')),
           appt.patientName && h('p', {}, appt.patientName),
-          h('p', {}, `${t.status}: `, this.statusEl)),
+          h('p', {}, `${t.status}: `, this.statusEl))),
         this.errorSpot,
         open && h('section', {},
           h('label', { part: 'field' }, t.reason, this.reason),
@@ -1130,6 +1132,8 @@
           if (this.onToken) this.onToken(appt.manageToken);
         }
         this.render(appt);
+        // The page was rebuilt: put the focus (and the screen reader) on the changed appointment.
+        this.apptBox.focus();
         this.announce(doneText);
         this.emit(event, { appointmentId: appt.appointmentId, start: appt.start, end: appt.end, status: normStatus(appt.status) });
       } catch (e) {

@@ -707,6 +707,62 @@ impl ReadQuery {
         )
     }
 
+    /// A practitioner's appointments of every status (cancelled ones too)
+    /// that start on the hospital-local dates `from..=to`, sorted by start:
+    /// the admin screens' day and week lists.
+    #[graphql(complexity = "page_size(first).unwrap_or(MAX_PAGE) * child_complexity + 1")]
+    #[allow(clippy::too_many_arguments)]
+    async fn practitioner_appointments(
+        &self,
+        ctx: &Context<'_>,
+        practitioner_id: ID,
+        from: NaiveDate,
+        to: NaiveDate,
+        status: Option<Vec<StatusFilter>>,
+        first: Option<i32>,
+        after: Option<String>,
+        at_least: Option<String>,
+    ) -> Result<Connection<String, PatientAppointment>> {
+        let practitioner: PractitionerId = parse_id("practitionerId", &practitioner_id)?;
+        check_range(from, to)?;
+        let size = page_size(first)?;
+        catch_up(ctx, at_least.as_deref()).await?;
+        let statuses: Option<Vec<AppointmentStatus>> =
+            status.map(|s| s.into_iter().map(Into::into).collect());
+        let tenant = principal(ctx).tenant_id();
+        let tz = principal(ctx).tenant.time_zone;
+        let side = read_side(ctx);
+        let ids = side
+            .practitioner_appointment_ids(tenant, practitioner, from, to)
+            .await
+            .map_err(view_error)?;
+        let mut docs: Vec<AppointmentDoc> = side
+            .appointments(tenant, &ids)
+            .await
+            .map_err(view_error)?
+            .into_values()
+            .filter(|d| {
+                // A moved appointment is listed where it is now, once.
+                let a = &d.appointment;
+                let day = a.start.with_timezone(&tz).date_naive();
+                a.practitioner_id == practitioner
+                    && day >= from
+                    && day <= to
+                    && statuses.as_deref().is_none_or(|s| s.contains(&a.status))
+            })
+            .collect();
+        docs.sort_by_key(|d| (d.appointment.start, d.appointment.id));
+        let cursor_of = |d: &AppointmentDoc| {
+            format!("{}|{}", d.appointment.start.to_rfc3339(), d.appointment.id)
+        };
+        page_after(
+            docs.into_iter()
+                .map(|d| (cursor_of(&d), PatientAppointment(d))),
+            after.as_deref(),
+            size,
+        )
+    }
+
     /// Every event of an appointment with who, when, from where and why,
     /// oldest first (the audit read model).
     #[graphql(complexity = "page_size(first).unwrap_or(MAX_PAGE) * child_complexity + 1")]

@@ -816,3 +816,62 @@ async fn slot_changes_show_a_booking_and_a_cancellation_live() {
     let mine = next_payload(&mut ws).await;
     assert!(!starts_of(&mine).contains(&iso(local(day, 11, 0))));
 }
+
+#[tokio::test]
+async fn a_practitioners_day_lists_every_appointment_once_where_it_is_now_whatever_its_status() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "Agenda Hospital").await;
+    let (day, next) = (days_ahead(3), days_ahead(4));
+    let (kept, _) = book_for(&server, &h.admin, &h, local(day, 9, 0), "P-1").await;
+    let (cancelled, _) = book_for(&server, &h.admin, &h, local(day, 10, 0), "P-2").await;
+    let (moved, _) = book_for(&server, &h.admin, &h, local(day, 11, 0), "P-3").await;
+    book_for(&server, &h.admin, &h, local(next, 9, 0), "P-4").await;
+    server
+        .gql_ok(&h.admin, CANCEL, json!({"id": cancelled}))
+        .await;
+    let at = server
+        .gql_ok(
+            &h.admin,
+            "mutation($id: ID!, $start: DateTime!) { rescheduleAppointment(id: $id, start: $start) { position } }",
+            json!({"id": moved, "start": iso(local(day, 12, 0))}),
+        )
+        .await["rescheduleAppointment"]["position"]
+        .clone();
+    let list = |status: Value| {
+        server.gql_ok(
+            &h.admin,
+            "query($p: ID!, $d: NaiveDate!, $at: String, $status: [StatusFilter!]) {
+               practitionerAppointments(practitionerId: $p, from: $d, to: $d, atLeast: $at, status: $status) {
+                 nodes { status appointment { id } }
+               }
+             }",
+            json!({"p": h.practitioner, "d": day, "at": at, "status": status}),
+        )
+    };
+    let ids = |data: &Value| -> Vec<(String, String)> {
+        data["practitionerAppointments"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["appointment"]["id"].as_str().unwrap().to_owned(),
+                    n["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ids(&list(Value::Null).await),
+        vec![
+            (kept.clone(), "BOOKED".to_owned()),
+            (cancelled.clone(), "CANCELLED".to_owned()),
+            (moved, "BOOKED".to_owned()),
+        ]
+    );
+    assert_eq!(
+        ids(&list(json!(["CANCELLED"])).await),
+        vec![(cancelled, "CANCELLED".to_owned())]
+    );
+}

@@ -1164,10 +1164,16 @@
       const parts = location.pathname.split('/').filter(Boolean);
       const tenant = decodeURIComponent(parts[parts.length - 2] || '');
       const query = new URLSearchParams(location.search);
-      const token = new URLSearchParams(location.hash.slice(1)).get('token');
-      // The embed token is for this one page load: take it out of the address
-      // bar and history. The manage token stays, so a reload or bookmark works.
-      if (location.hash && page !== 'manage') history.replaceState(null, '', location.pathname + location.search);
+      let token = new URLSearchParams(location.hash.slice(1)).get('token');
+      // Tokens leave the address bar and history once read (nobody reads them
+      // off a screen or a shared screenshot). The manage token is kept for this
+      // tab only, so a reload still works; the patient's link has it for later.
+      if (location.hash) history.replaceState(null, '', location.pathname + location.search);
+      const remember = (t) => { try { sessionStorage.setItem(`buktor-manage:${tenant}`, t); } catch { /* storage blocked: no reload then */ } };
+      if (page === 'manage') {
+        if (token) remember(token);
+        else try { token = sessionStorage.getItem(`buktor-manage:${tenant}`); } catch { /* as above */ }
+      }
       const el = document.createElement(page === 'manage' ? 'buktor-manage' : 'buktor-booking');
       el.setAttribute('tenant', tenant);
       el.setAttribute('api-base', location.origin);
@@ -1175,7 +1181,15 @@
       if (lang) { el.setAttribute('lang', lang); document.documentElement.lang = lang; }
       if (page === 'manage') {
         if (token) el.setAttribute('token', token);
-        el.onToken = (t) => history.replaceState(null, '', `${location.pathname}${location.search}#token=${encodeURIComponent(t)}`);
+        el.onToken = remember;
+        // Another manage link opened in this tab only changes the fragment: no new page load.
+        window.addEventListener('hashchange', () => {
+          const next = new URLSearchParams(location.hash.slice(1)).get('token');
+          if (!next) return;
+          history.replaceState(null, '', location.pathname + location.search);
+          remember(next);
+          el.setAttribute('token', next);
+        });
       } else {
         for (const name of ['service', 'practitioner', 'mode']) if (query.get(name)) el.setAttribute(name, query.get(name));
         if (token) el.setAttribute('embed-token', token);

@@ -526,7 +526,6 @@
     async showSlotsFresh() {
       this.stopStream();
       this.slotDays = new Map();
-      this.selectedDate = this.selectedDate || null;
       this.pickerBox.hidden = !this.slotParams();
       this.renderPicker();
       if (await this.loadSlots()) this.startStream();
@@ -559,7 +558,7 @@
         this.renderPicker();
         return true;
       } catch (e) {
-        if (gen === this.gen && load === this.slotLoad) { this.dayNote.textContent = ''; this.fail(e); }
+        if (gen === this.gen && load === this.slotLoad) { this.touched = null; this.dayNote.textContent = ''; this.fail(e); }
         return false;
       }
     }
@@ -722,7 +721,6 @@
         this.emit('slot-held', { holdId: r.holdId, start: slot.start, expiresAt: r.expiresAt });
       } catch (e) {
         if (gen !== this.gen) return;
-        this.holdChanged();
         this.fail(e);
         if (e.code === 'SLOT_TAKEN') this.loadSlots();
       } finally {

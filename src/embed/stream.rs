@@ -19,8 +19,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::widget::{call, slot_json, SlotQuery};
+use super::widget::{answer, slot_json, Call, SlotQuery};
 use crate::graphql::slot_changes::touched_days;
+use crate::his::Problem;
 use crate::http::AppState;
 use crate::projection::views::SlotSearch;
 use crate::store::{Position, RecordedEvent};
@@ -101,78 +102,76 @@ pub(super) async fn slots_stream(
     query: web::Query<SlotQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let setup = async {
-        let range = query.parse()?;
-        let service = range
-            .search
-            .service_id
-            .expect("the widget's search names a service");
-        let practitioners: BTreeSet<PractitionerId> = match &range.search.practitioner_ids {
-            Some(ids) => ids.iter().copied().collect(),
-            None => state
-                .scheduler
-                .service(call.tenant.id, service)
+    answer(&req, &state, &path, async |call| {
+        let (days, start) = watch(&state, call, &query).await?;
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        tokio::spawn(follow(days, start, tx));
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
                 .await
-                .map_err(crate::his::Problem::from)?
-                .map(|s| s.details.practitioners.into_iter().collect())
-                .unwrap_or_default(),
-        };
-        if practitioners.len() > MAX_PRACTITIONERS {
-            return Err(super::invalid(buktor_domain::DomainError::invalid(
-                "practitioner",
-                format!("this service has over {MAX_PRACTITIONERS} practitioners: choose one"),
-            )));
-        }
-        let start: Position = state
-            .read_side
-            .position(call.tenant.id)
+                .map(|chunk| (Ok::<_, actix_web::Error>(chunk), rx))
+        });
+        Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-store"))
+            // Proxies must pass each event on as it comes.
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(body))
+    })
+    .await
+}
+
+/// The days a stream covers, and the read-model position its first
+/// messages are read at.
+async fn watch(
+    state: &web::Data<AppState>,
+    call: &Call,
+    query: &SlotQuery,
+) -> Result<(Days, Position), Problem> {
+    let range = query.parse()?;
+    let service = range
+        .search
+        .service_id
+        .expect("the widget's search names a service");
+    let practitioners: BTreeSet<PractitionerId> = match &range.search.practitioner_ids {
+        Some(ids) => ids.iter().copied().collect(),
+        None => state
+            .scheduler
+            .service(call.tenant.id, service)
             .await
-            .map_err(|e| {
-                tracing::error!(error = ?e, "slot stream start failed");
-                super::problem(
-                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "STORE_UNAVAILABLE",
-                    "try again",
-                )
-            })?;
-        Ok((
-            Days {
-                state: state.clone(),
-                tenant: call.tenant.id,
-                tz: call.tenant.time_zone,
-                service,
-                practitioners,
-                from: range.from,
-                to: range.to,
-                sent: HashMap::new(),
-            },
-            start,
-        ))
-    }
-    .await;
-    let (days, start) = match setup {
-        Ok(s) => s,
-        Err(res) => return call.respond(Err(res)),
+            .map_err(Problem::from)?
+            .map(|s| s.details.practitioners.into_iter().collect())
+            .unwrap_or_default(),
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(follow(days, start, tx));
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, actix_web::Error>(chunk), rx))
-    });
-    let mut res = HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-store"))
-        // Proxies must pass each event on as it comes.
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body);
-    super::with_cors(&mut res, call.cors.as_deref());
-    res
+    if practitioners.len() > MAX_PRACTITIONERS {
+        return Err(super::invalid(buktor_domain::DomainError::invalid(
+            "practitioner",
+            format!("this service has over {MAX_PRACTITIONERS} practitioners: choose one"),
+        )));
+    }
+    let start: Position = state
+        .read_side
+        .position(call.tenant.id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = ?e, "slot stream start failed");
+            super::problem(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "try again",
+            )
+        })?;
+    let days = Days {
+        state: state.clone(),
+        tenant: call.tenant.id,
+        tz: call.tenant.time_zone,
+        service,
+        practitioners,
+        from: range.from,
+        to: range.to,
+        sent: HashMap::new(),
+    };
+    Ok((days, start))
 }
 
 /// Feeds the stream until the client goes, the server stops or the store

@@ -138,6 +138,23 @@ impl From<Problem> for Refused {
     }
 }
 
+/// Sorts out the caller, then answers with what `handle` makes of the call,
+/// CORS included whatever the outcome.
+pub(super) async fn answer(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: &str,
+    handle: impl AsyncFnOnce(&Call) -> Result<HttpResponse, Problem>,
+) -> HttpResponse {
+    match call(req, state, tenant).await {
+        Ok(call) => {
+            let result = handle(&call).await;
+            call.respond(result)
+        }
+        Err(refused) => refused.response(),
+    }
+}
+
 /// Sorts out the caller.
 pub(super) async fn call(
     req: &HttpRequest,
@@ -318,19 +335,14 @@ async fn manage_page_or_read(
             Err(p) => p.response(),
         };
     }
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &path, async |call| {
         let Who::Manage(id) = call.who else {
             return Err(forbidden("only a manage link reads this"));
         };
-        let a = appointment(&state, &call, id).await?;
-        Ok(HttpResponse::Ok().json(appointment_json(&state, &call, &a).await?))
-    }
-    .await;
-    call.respond(result)
+        let a = appointment(&state, call, id).await?;
+        Ok(HttpResponse::Ok().json(appointment_json(&state, call, &a).await?))
+    })
+    .await
 }
 
 fn forbidden(detail: &str) -> Problem {
@@ -346,11 +358,7 @@ async fn config(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &path, async |call| {
         let side = &state.read_side;
         let view = |e: crate::projection::views::ViewError| {
             tracing::error!(error = ?e, "widget config read failed");
@@ -397,9 +405,8 @@ async fn config(
                 "specialty": p.details.specialty.as_str(),
             })).collect::<Vec<_>>(),
         })))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 /// What a slot search or stream covers.
@@ -471,11 +478,7 @@ async fn slots(
     query: web::Query<SlotQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &path, async |call| {
         let range = query.parse()?;
         let offered = state
             .read_side
@@ -499,9 +502,8 @@ async fn slots(
         Ok(HttpResponse::Ok().json(json!({
             "slots": offered.iter().map(|o| slot_json(o, tz)).collect::<Vec<_>>()
         })))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -518,11 +520,7 @@ async fn hold(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &path, async |call| {
         let request: HoldRequest = parse_json(&body)?;
         let practitioner: PractitionerId = parse_id("practitionerId", &request.practitioner_id)?;
         let service: ServiceId = parse_id("serviceId", &request.service_id)?;
@@ -559,9 +557,8 @@ async fn hold(
             .await
             .map_err(token_problem)?;
         Ok(HttpResponse::Created().json(json!({"holdId": token, "expiresAt": expires_at})))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 struct HeldSlot {
@@ -607,12 +604,8 @@ async fn release(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (tenant, token) = path.into_inner();
-    let call = match call(&req, &state, &tenant).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
-        let h = held(&state, &call, &token).await?;
+    answer(&req, &state, &tenant, async |call| {
+        let h = held(&state, call, &token).await?;
         let day = h.start.with_timezone(&call.tenant.time_zone).date_naive();
         state
             .scheduler
@@ -627,9 +620,8 @@ async fn release(
             .await
             .map_err(app_problem)?;
         Ok(HttpResponse::NoContent().finish())
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -724,17 +716,13 @@ async fn book(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &path, async |call| {
         if matches!(call.who, Who::Manage(_)) {
             return Err(forbidden("a manage link cannot book"));
         }
         let request: BookingRequest = parse_json(&body)?;
-        let h = held(&state, &call, &request.hold_id).await?;
-        let patient = booking_patient(&state, &call, &request.patient).await?;
+        let h = held(&state, call, &request.hold_id).await?;
+        let patient = booking_patient(&state, call, &request.patient).await?;
         let note = optional(request.note.as_deref(), |s| Reason::parse("note", s))?;
         let language = optional(request.language.as_deref(), Language::parse)?;
         let ctx = call.context(&req);
@@ -786,15 +774,14 @@ async fn book(
                 tracing::warn!(error = ?e, appointment = %id, "could not record the patient's language");
             }
         }
-        let a = appointment(&state, &call, id).await?;
-        let mut answer = appointment_json(&state, &call, &a).await?;
-        let (token, url) = manage_link(&state, &call, &req, &a).await?;
+        let a = appointment(&state, call, id).await?;
+        let mut answer = appointment_json(&state, call, &a).await?;
+        let (token, url) = manage_link(&state, call, &req, &a).await?;
         answer["manageToken"] = json!(token);
         answer["manageUrl"] = json!(url);
         Ok(HttpResponse::Created().json(answer))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 async fn manage_link(
@@ -865,11 +852,7 @@ async fn patient(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (tenant, his_id) = path.into_inner();
-    let call = match call(&req, &state, &tenant).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
+    answer(&req, &state, &tenant, async |call| {
         if !call.is_staff() {
             return Err(forbidden("only staff look patients up"));
         }
@@ -894,9 +877,8 @@ async fn patient(
             "phone": c.phone.as_ref().map(|p| p.as_str()),
             "language": c.language.as_ref().map(|l| l.as_str()),
         })))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }
 
 fn managed(call: &Call) -> Result<AppointmentId, Problem> {
@@ -922,12 +904,8 @@ async fn manage_cancel(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
-        let id = managed(&call)?;
+    answer(&req, &state, &path, async |call| {
+        let id = managed(call)?;
         let request: CancelRequest = if body.is_empty() {
             CancelRequest::default()
         } else {
@@ -949,11 +927,10 @@ async fn manage_cancel(
             )
             .await
             .map_err(app_problem)?;
-        let a = appointment(&state, &call, id).await?;
-        Ok(HttpResponse::Ok().json(appointment_json(&state, &call, &a).await?))
-    }
-    .await;
-    call.respond(result)
+        let a = appointment(&state, call, id).await?;
+        Ok(HttpResponse::Ok().json(appointment_json(&state, call, &a).await?))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -968,15 +945,11 @@ async fn manage_reschedule(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let call = match call(&req, &state, &path).await {
-        Ok(c) => c,
-        Err(refused) => return refused.response(),
-    };
-    let result = async {
-        let id = managed(&call)?;
+    answer(&req, &state, &path, async |call| {
+        let id = managed(call)?;
         let request: RescheduleRequest = parse_json(&body)?;
-        let h = held(&state, &call, &request.hold_id).await?;
-        let before = appointment(&state, &call, id).await?;
+        let h = held(&state, call, &request.hold_id).await?;
+        let before = appointment(&state, call, id).await?;
         if before.service_id != h.service {
             return Err(invalid(DomainError::invalid(
                 "holdId",
@@ -998,14 +971,13 @@ async fn manage_reschedule(
             )
             .await
             .map_err(app_problem)?;
-        let a = appointment(&state, &call, id).await?;
-        let mut answer = appointment_json(&state, &call, &a).await?;
+        let a = appointment(&state, call, id).await?;
+        let mut answer = appointment_json(&state, call, &a).await?;
         // The old link stops at the old start; the new one lasts to the new.
-        let (token, url) = manage_link(&state, &call, &req, &a).await?;
+        let (token, url) = manage_link(&state, call, &req, &a).await?;
         answer["manageToken"] = json!(token);
         answer["manageUrl"] = json!(url);
         Ok(HttpResponse::Ok().json(answer))
-    }
-    .await;
-    call.respond(result)
+    })
+    .await
 }

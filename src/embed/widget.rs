@@ -353,6 +353,35 @@ fn app_problem(e: crate::app::AppError) -> Problem {
     Problem::from(e)
 }
 
+impl Call {
+    /// A refusal of a command, with any time in it in the hospital's time
+    /// zone: patients read the detail, and UTC means nothing to them.
+    fn refusal(&self, e: crate::app::AppError) -> Problem {
+        use crate::app::AppError;
+        let local = |t: &DateTime<Utc>| {
+            t.with_timezone(&self.tenant.time_zone)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        };
+        match &e {
+            AppError::Domain(DomainError::SlotTaken { start }) => problem(
+                StatusCode::CONFLICT,
+                e.code(),
+                format!("{} is no longer free; choose another time", local(start)),
+            ),
+            AppError::Domain(DomainError::HoldExpired { start }) => problem(
+                StatusCode::CONFLICT,
+                e.code(),
+                format!(
+                    "the hold on {} ran out and someone else took the time; choose another",
+                    local(start)
+                ),
+            ),
+            _ => app_problem(e),
+        }
+    }
+}
+
 async fn config(
     req: HttpRequest,
     path: web::Path<String>,
@@ -540,7 +569,7 @@ async fn hold(
                 },
             )
             .await
-            .map_err(app_problem)?;
+            .map_err(|e| call.refusal(e))?;
         let grant = Grant::Hold {
             reservation,
             practitioner,
@@ -743,7 +772,7 @@ async fn book(
                 },
             )
             .await
-            .map_err(app_problem)?;
+            .map_err(|e| call.refusal(e))?;
         let id = AppointmentId::from_uuid(outcome.id);
         // A patient's language is theirs to set; staff book for someone the
         // HIS keeps the contact data of.
@@ -970,7 +999,7 @@ async fn manage_reschedule(
                 },
             )
             .await
-            .map_err(app_problem)?;
+            .map_err(|e| call.refusal(e))?;
         let a = appointment(&state, call, id).await?;
         let mut answer = appointment_json(&state, call, &a).await?;
         // The old link stops at the old start; the new one lasts to the new.

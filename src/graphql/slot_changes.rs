@@ -8,12 +8,19 @@
 //! client just replaces what it shows; nothing can be missed between the
 //! first message and the live ones because the feed starts at the position
 //! the first messages were computed at.
-use std::collections::BTreeSet;
-use std::sync::Arc;
+//!
+//! A widget hold that lapses frees time without an event, so the
+//! subscription also keeps a timer at the end of every hold it sees, and
+//! re-reads its days every [`RECHECK`] besides (holds made before it began,
+//! and the minimum notice moving with the clock): a day is sent again then
+//! only if its slots changed.
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_graphql::{Context, ErrorExtensions, Result, SimpleObject, Subscription, ID};
 use buktor_domain::{PractitionerId, ServiceId, TenantId};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use futures::{Stream, StreamExt};
 
@@ -28,6 +35,8 @@ use crate::store::{Position, RecordedEvent};
 /// At most this many practitioners and days per subscription.
 pub const MAX_PRACTITIONERS: usize = 20;
 pub const MAX_DAYS: i64 = 31;
+/// How often every day is read again for what no event announces.
+const RECHECK: Duration = Duration::from_secs(15);
 
 /// The free slots of one practitioner on one hospital-local day, as of `position`.
 #[derive(SimpleObject)]
@@ -51,6 +60,21 @@ struct Watch {
     to: NaiveDate,
     side: Arc<ReadSide>,
     scheduler: Arc<Scheduler>,
+    /// When the holds seen so far lapse.
+    lapses: Mutex<BTreeSet<DateTime<Utc>>>,
+    /// Wakes the recheck timer when a hold is seen, to wait for its end.
+    new_lapse: tokio::sync::Notify,
+    /// The slots last sent per day, and the last position seen.
+    sent: Mutex<(
+        HashMap<(PractitionerId, NaiveDate), Vec<(DateTime<Utc>, u32)>>,
+        Position,
+    )>,
+}
+
+/// Why the days are read again.
+enum Trigger {
+    Event(std::result::Result<RecordedEvent, LiveError>),
+    Recheck,
 }
 
 impl Watch {
@@ -78,6 +102,97 @@ impl Watch {
                 .map(|o| AvailableSlot::shown_in(o, self.time_zone))
                 .collect(),
         })
+    }
+
+    /// Remembers what a message sent; whether it differs from the last.
+    fn note_sent(&self, change: &SlotChange) -> bool {
+        let fingerprint: Vec<(DateTime<Utc>, u32)> = change
+            .slots
+            .iter()
+            .map(|s| (s.start, s.remaining))
+            .collect();
+        let Ok(p) = change.practitioner_id.parse() else {
+            return true;
+        };
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.0.insert((p, change.date), fingerprint.clone()) != Some(fingerprint)
+    }
+
+    /// Sleeps until the next hold lapses or the next recheck is due.
+    async fn next_recheck(&self) {
+        loop {
+            let now = self.scheduler.now();
+            let lapse = {
+                let mut lapses = self.lapses.lock().unwrap_or_else(|e| e.into_inner());
+                lapses.retain(|at| *at > now - chrono::Duration::seconds(1));
+                lapses.first().copied()
+            };
+            let wait = lapse
+                .and_then(|at| (at - now).to_std().ok())
+                .map(|d| d + Duration::from_millis(200))
+                .unwrap_or(RECHECK)
+                .min(RECHECK);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => return,
+                _ = self.new_lapse.notified() => {}
+            }
+        }
+    }
+
+    /// Every day whose slots changed since last sent.
+    async fn changed_days(&self) -> Result<Vec<SlotChange>> {
+        let at = self.sent.lock().unwrap_or_else(|e| e.into_inner()).1;
+        let mut out = Vec::new();
+        for p in &self.practitioners {
+            for d in self.from.iter_days().take_while(|d| *d <= self.to) {
+                let change = self.day(*p, d, at).await?;
+                if self.note_sent(&change) {
+                    out.push(change);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The messages one event or recheck makes.
+    async fn on(&self, trigger: Trigger) -> Result<Vec<SlotChange>> {
+        let event = match trigger {
+            Trigger::Recheck => return self.changed_days().await,
+            Trigger::Event(event) => event.map_err(live_error)?,
+        };
+        if event.event_type == "SlotReserved" {
+            if let Some(at) = event
+                .payload
+                .get("expires_at")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            {
+                self.lapses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(at);
+                self.new_lapse.notify_one();
+            }
+        }
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).1 = event.position;
+        let touched = self.touched(&event);
+        if touched.is_empty() {
+            return Ok(vec![]);
+        }
+        if let Err(e) = self
+            .side
+            .wait_for(self.tenant, event.position, AT_LEAST_TIMEOUT)
+            .await
+        {
+            return Err(async_graphql::Error::new(e.to_string())
+                .extend_with(|_, ext| ext.set("code", "NOT_CAUGHT_UP")));
+        }
+        let mut out = Vec::new();
+        for (p, d) in touched {
+            let change = self.day(p, d, event.position).await?;
+            self.note_sent(&change);
+            out.push(change);
+        }
+        Ok(out)
     }
 }
 
@@ -163,6 +278,17 @@ impl SlotSubscription {
             .map(|id| parse_id("practitionerIds", id))
             .collect::<Result<BTreeSet<PractitionerId>>>()?;
         let principal = principal(ctx);
+        let live = ctx
+            .data::<Arc<LiveFeed>>()
+            .map_err(|_| app_error(AppError::Corrupt("no live feed".into())))?
+            .clone();
+        // Everything up to `start` is in the first messages; the feed
+        // delivers every event after it.
+        let side = read_side(ctx).clone();
+        let start = side
+            .position(principal.tenant_id())
+            .await
+            .map_err(|e| app_error(AppError::Store(e)))?;
         let watch = Arc::new(Watch {
             tenant: principal.tenant_id(),
             time_zone: principal.tenant.time_zone,
@@ -172,20 +298,12 @@ impl SlotSubscription {
                 .transpose()?,
             from,
             to,
-            side: read_side(ctx).clone(),
+            side,
             scheduler: scheduler(ctx).clone(),
+            lapses: Mutex::new(BTreeSet::new()),
+            new_lapse: tokio::sync::Notify::new(),
+            sent: Mutex::new((HashMap::new(), start)),
         });
-        let live = ctx
-            .data::<Arc<LiveFeed>>()
-            .map_err(|_| app_error(AppError::Corrupt("no live feed".into())))?
-            .clone();
-        // Everything up to `start` is in the first messages; the feed
-        // delivers every event after it.
-        let start = watch
-            .side
-            .position(watch.tenant)
-            .await
-            .map_err(|e| app_error(AppError::Store(e)))?;
         let first: Vec<(PractitionerId, NaiveDate)> = watch
             .practitioners
             .iter()
@@ -199,33 +317,23 @@ impl SlotSubscription {
             let watch = watch.clone();
             futures::stream::iter(first).then(move |(p, d)| {
                 let watch = watch.clone();
-                async move { watch.day(p, d, start).await }
+                async move {
+                    let change = watch.day(p, d, start).await?;
+                    watch.note_sent(&change);
+                    Ok(change)
+                }
             })
         };
-        let events = live.follow(watch.tenant, Some(start));
-        let changes = events
-            .then(move |event| {
+        let events = live.follow(watch.tenant, Some(start)).map(Trigger::Event);
+        let rechecks = futures::stream::unfold(watch.clone(), |watch| async move {
+            watch.next_recheck().await;
+            Some((Trigger::Recheck, watch))
+        })
+        .take_until(live.stopped());
+        let changes = futures::stream::select(events, rechecks)
+            .then(move |trigger| {
                 let watch = watch.clone();
-                async move {
-                    let event = event.map_err(live_error)?;
-                    let touched = watch.touched(&event);
-                    if touched.is_empty() {
-                        return Ok(vec![]);
-                    }
-                    if let Err(e) = watch
-                        .side
-                        .wait_for(watch.tenant, event.position, AT_LEAST_TIMEOUT)
-                        .await
-                    {
-                        return Err(async_graphql::Error::new(e.to_string())
-                            .extend_with(|_, ext| ext.set("code", "NOT_CAUGHT_UP")));
-                    }
-                    let mut out = Vec::new();
-                    for (p, d) in touched {
-                        out.push(watch.day(p, d, event.position).await?);
-                    }
-                    Ok(out)
-                }
+                async move { watch.on(trigger).await }
             })
             .flat_map(|batch: Result<Vec<SlotChange>>| {
                 futures::stream::iter(match batch {

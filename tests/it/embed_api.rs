@@ -926,3 +926,96 @@ async fn the_slot_stream_sends_each_day_then_again_when_a_hold_takes_a_slot() {
         "free at first, gone after the hold"
     );
 }
+
+/// The starts in one `event: day` message of the slot stream.
+async fn next_stream_day(response: &mut reqwest::Response, buffer: &mut String) -> Vec<String> {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = message.strip_prefix("event: day\ndata: ") {
+                let day: Value = serde_json::from_str(data.trim_end()).unwrap();
+                return day["slots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["start"].as_str().unwrap().to_owned())
+                    .collect();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("a day message within 20 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsing_hold_gives_its_slot_back_live_without_any_event() {
+    let deployment = Deployment::postgres().await;
+    let holder = deployment.start().await;
+    // The watching instance's clock runs 56 s ahead: a 1-minute hold made
+    // on the other lapses for it about 4 s after it is made.
+    let watcher = deployment
+        .start_with(ServerOptions {
+            clock_offset_secs: 56,
+            ..Default::default()
+        })
+        .await;
+    let h = set_up_hospital(&deployment, &holder, "Lapse Hospital").await;
+    configure(
+        &holder,
+        &h.admin,
+        json!({"allowedOrigins": [ALLOWED], "patientBooking": true, "holdMinutes": 1}),
+    )
+    .await;
+    watcher.settle(&h.admin).await;
+    let day = days_ahead(9);
+    let slot = slot_at(day, 13);
+
+    let mut stream = reqwest::Client::new()
+        .get(format!(
+            "{}/widget/v1/{}/slots/stream?service={}&practitioner={}&from={day}&to={day}",
+            watcher.url, h.tenant, h.checkup, h.practitioner
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let mut ws = crate::read_side::subscribe(
+        &watcher,
+        &h.admin,
+        "subscription($p: ID!, $s: ID!, $d: NaiveDate!) {
+           slotChanges(practitionerIds: [$p], serviceId: $s, from: $d, to: $d) { slots { start } }
+         }",
+        json!({"p": h.practitioner, "s": h.checkup, "d": day}),
+    )
+    .await;
+    let graphql_has = |payload: &Value| {
+        payload["data"]["slotChanges"]["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| instant(&s["start"]) == local(day, 13, 0))
+    };
+    assert!(next_stream_day(&mut stream, &mut buffer)
+        .await
+        .contains(&slot));
+    assert!(graphql_has(&crate::read_side::next_payload(&mut ws).await));
+
+    Browser::new(&holder, &h.tenant)
+        .hold(&[], &h, &slot)
+        .await
+        .expect(201);
+    assert!(!next_stream_day(&mut stream, &mut buffer)
+        .await
+        .contains(&slot));
+    assert!(!graphql_has(&crate::read_side::next_payload(&mut ws).await));
+    // No event comes when the hold lapses: both feeds notice by themselves.
+    assert!(next_stream_day(&mut stream, &mut buffer)
+        .await
+        .contains(&slot));
+    assert!(graphql_has(&crate::read_side::next_payload(&mut ws).await));
+}

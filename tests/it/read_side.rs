@@ -699,7 +699,7 @@ async fn the_checked_in_schema_is_what_the_server_serves() {
 
 /// A graphql-transport-ws client: connects, authenticates in
 /// `connection_init`, subscribes, and yields each `next` payload.
-async fn subscribe(
+pub(crate) async fn subscribe(
     server: &TestServer,
     key: &str,
     query: &str,
@@ -733,7 +733,7 @@ async fn subscribe(
     ws
 }
 
-async fn next_payload(
+pub(crate) async fn next_payload(
     ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,

@@ -65,15 +65,15 @@ struct Watch {
     /// Wakes the recheck timer when a hold is seen, to wait for its end.
     new_lapse: tokio::sync::Notify,
     /// The slots last sent per day, and the last position seen.
-    sent: Mutex<(
-        HashMap<(PractitionerId, NaiveDate), Vec<(DateTime<Utc>, u32)>>,
-        Position,
-    )>,
+    sent: Mutex<(SentDays, Position)>,
 }
+
+/// What each practitioner-day's message last held: start and places of each slot.
+type SentDays = HashMap<(PractitionerId, NaiveDate), Vec<(DateTime<Utc>, u32)>>;
 
 /// Why the days are read again.
 enum Trigger {
-    Event(std::result::Result<RecordedEvent, LiveError>),
+    Event(Box<std::result::Result<RecordedEvent, LiveError>>),
     Recheck,
 }
 
@@ -158,7 +158,7 @@ impl Watch {
     async fn on(&self, trigger: Trigger) -> Result<Vec<SlotChange>> {
         let event = match trigger {
             Trigger::Recheck => return self.changed_days().await,
-            Trigger::Event(event) => event.map_err(live_error)?,
+            Trigger::Event(event) => (*event).map_err(live_error)?,
         };
         if event.event_type == "SlotReserved" {
             if let Some(at) = event
@@ -324,7 +324,9 @@ impl SlotSubscription {
                 }
             })
         };
-        let events = live.follow(watch.tenant, Some(start)).map(Trigger::Event);
+        let events = live
+            .follow(watch.tenant, Some(start))
+            .map(|e| Trigger::Event(Box::new(e)));
         let rechecks = futures::stream::unfold(watch.clone(), |watch| async move {
             watch.next_recheck().await;
             Some((Trigger::Recheck, watch))

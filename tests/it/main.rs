@@ -13,6 +13,7 @@ mod api_restart;
 mod api_security;
 mod api_webhooks;
 mod audit_chain;
+mod browser;
 mod embed_api;
 mod fhir;
 mod his_api;

@@ -25,6 +25,7 @@ import { ARTIFACTS, CHROMIUM_ARGS, CHROMIUM_PATH, HERE, TIMEOUT_MS, log, resetAr
 const SCENARIO_FILES = [
   'smoke.mjs',
   'widget-patient.mjs',
+  'widget-phone.mjs',
   'widget-staff.mjs',
   'widget-live.mjs',
   'widget-race.mjs',

@@ -183,7 +183,8 @@
     .small { font-size: .875rem; }
     section { display: grid; gap: .6rem; }
     .fields { display: grid; gap: .8rem; grid-template-columns: repeat(auto-fit, minmax(min(15rem, 100%), 1fr)); }
-    label { display: grid; gap: .3rem; font-weight: 600; }
+    .field { display: grid; gap: .3rem; }
+    label { font-weight: 600; }
     select, input, textarea { font: inherit; font-weight: 400; color: inherit; background: var(--buktor-bg, #ffffff);
       width: 100%; min-height: 2.75rem; padding: .55rem .7rem;
       border: 1px solid var(--_line); border-radius: var(--_radius); }
@@ -200,7 +201,7 @@
     .slot .t { font-weight: 700; }
     .day .d { font-weight: 700; }
     .row { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; }
-    .row > label { flex: 1 1 12rem; }
+    .row > .field { flex: 1 1 12rem; }
     .box { border: 1px solid var(--_line); border-radius: var(--_radius); padding: .9rem; }
     .countdown strong { font-variant-numeric: tabular-nums; }
     .err { border-left: 5px solid #b3261e; background: #fdecea; color: #5c1410; padding: .7rem .9rem; border-radius: var(--_radius); }
@@ -221,6 +222,15 @@
       else el.setAttribute(k, v === true ? '' : String(v));
     }
     return fill(el, kids);
+  }
+
+  /**
+   * A labelled form control. The label names the control by `for` rather than
+   * by wrapping it, so that its accessible name is the label alone and not the
+   * label followed by the chosen option.
+   */
+  function field(text, control) {
+    return h('div', { class: 'field', part: 'field' }, h('label', { for: control.id }, text), control);
   }
 
   /** Replaces an element's children; nested arrays flatten, null/false are skipped. */
@@ -859,8 +869,8 @@
       this.main = h('div', { class: 'stack' },
         this.staff ? this.staffFields() : null,
         h('div', { class: 'fields' },
-          h('label', { part: 'field' }, t.service, this.serviceSel),
-          h('label', { part: 'field' }, t.practitioner, this.practitionerSel)),
+          field(t.service, this.serviceSel),
+          field(t.practitioner, this.practitionerSel)),
         this.picker(), this.errorSpot, this.holdBox);
       this.frame(
         h('header', { part: 'header' }, h('h2', { part: 'title' }, t.title),
@@ -872,7 +882,7 @@
 
     detailsFields() {
       const t = this.t;
-      const input = (id, type, autocomplete, label, extra) => h('label', { part: 'field' }, label,
+      const input = (id, type, autocomplete, label, extra) => field(label,
         h('input', { id, testid: `patient-${id}`, name: id, type, autocomplete, part: 'input', ...extra }));
       const box = h('fieldset', { style: 'border:0;padding:0;margin:0;display:grid;gap:.8rem' },
         h('legend', { style: 'font-weight:700;padding:0;margin-bottom:.5rem' }, t.yourDetails),
@@ -898,7 +908,7 @@
       this.found = h('p', { testid: 'patient-found', class: 'box', part: 'patient', hidden: true, 'aria-live': 'polite' });
       return h('section', { 'aria-labelledby': 'pat-h' }, h('h3', { id: 'pat-h' }, t.patient),
         h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); this.findPatient(); } },
-          h('label', { part: 'field' }, t.hisPatientId, this.hisInput),
+          field(t.hisPatientId, this.hisInput),
           h('button', { type: 'submit', testid: 'find-patient', part: 'button' }, t.findPatient)),
         this.found);
     }
@@ -1090,7 +1100,7 @@
           h('p', {}, `${t.status}: `, this.statusEl))),
         this.errorSpot,
         open && h('section', {},
-          h('label', { part: 'field' }, t.reason, this.reason),
+          field(t.reason, this.reason),
           h('div', { class: 'row' },
             h('button', { type: 'button', testid: 'manage-cancel', part: 'button', onclick: () => this.cancel() }, t.cancel),
             h('button', { type: 'button', part: 'button', 'aria-expanded': 'false',

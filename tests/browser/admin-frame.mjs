@@ -68,7 +68,7 @@ async function allowedFrame(t) {
   await t.shot(page, 'admin-appointments');
 
   // A status change from the framed screen: cancel the last appointment
-  // (with a reason); it leaves the practitioner's agenda.
+  // (with a reason).
   const gone = booked[3];
   const row = frame.locator(`[data-testid=appointment-row][data-id="${gone.id}"]`);
   await row.locator('[data-testid=status-action][data-status=CANCELLED]').click();
@@ -83,11 +83,18 @@ async function allowedFrame(t) {
   assert.equal(last.type, 'AppointmentCancelled');
   assert.deepEqual(last.actor, { id: 'user:admin-1', role: 'admin' }, 'the cancellation records the signed-in user as actor');
   assert.equal(last.source, 'admin', 'the cancellation is recorded as coming from the admin screens');
-  // The list shows it cancelled, or leaves it out (the agenda holds booked time only).
-  await until('the list to show the cancellation', async () => {
-    const statuses = await row.evaluateAll((rs) => rs.map((r) => r.dataset.status));
-    return statuses.length === 0 || (statuses.length === 1 && statuses[0] === 'CANCELLED');
+  // The list keeps it, marked cancelled, without actions; the status filter
+  // finds it alone.
+  await until('the row to show the cancellation', async () => (await row.getAttribute('data-status')) === 'CANCELLED');
+  await expectText(row.locator('[data-testid=status]'), 'Cancelled');
+  await expectCount(row.locator('[data-testid=status-action]'), 0, 'no status actions on a cancelled appointment');
+  await frame.locator('[data-testid=status-filter]').selectOption('CANCELLED');
+  await until('only the cancelled row under the filter', async () => {
+    const ids = await rows.evaluateAll((rs) => rs.map((r) => r.dataset.id));
+    return ids.length === 1 && ids[0] === gone.id;
   });
+  await frame.locator('[data-testid=status-filter]').selectOption('');
+  await expectCount(rows, booked.length, 'every appointment again without the filter');
   await expectCount(frame.locator('[data-testid=appointment-row]:not([data-status=CANCELLED])'), booked.length - 1,
     'the other appointments are still booked');
 

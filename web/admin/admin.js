@@ -448,13 +448,19 @@
       const from = state.view === 'week' ? mondayOf(state.date) : state.date;
       const to = state.view === 'week' ? addDays(from, 6) : from;
       results.setAttribute('aria-busy', 'true');
-      // A department is its practitioners' agendas side by side: one read each.
-      const agendas = await Promise.all(ids.map((id) => gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
-        practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) {
-          days { date working { start end }
-            booked { appointmentId serviceId start end
-              appointment { id status note patient { name hisPatientId } } } } } }`,
-      { id, from, to, atLeast: atLeast || null }).then((d) => ({ id, days: d.practitionerSchedule?.days }))));
+      // A department is its practitioners' days side by side: per practitioner
+      // its working hours (the schedule) and every appointment of the period,
+      // cancelled ones included (they left the agenda but not the list).
+      const statusFilter = state.status ? [state.status] : null;
+      const agendas = await Promise.all(ids.map(async (id) => {
+        const [schedule, booked] = await Promise.all([
+          gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
+            practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) { days { date working { start end } } } }`,
+          { id, from, to, atLeast: atLeast || null }),
+          practitionerAppointments(id, from, to, statusFilter, atLeast),
+        ]);
+        return { id, days: schedule.practitionerSchedule?.days, booked };
+      }));
       if (!ctx.live()) return;
       results.setAttribute('aria-busy', 'false');
       const focused = document.activeElement;
@@ -462,22 +468,14 @@
       seen = new Map();
       if (!department && !agendas[0].days) { results.replaceChildren(h('p', { role: 'alert' }, 'This practitioner is unknown.')); return; }
       const parts = [];
-      if (state.status === 'CANCELLED') {
-        // Cancelling frees the calendar time, so the practitioner's agenda
-        // (the only per-practitioner read GraphQL has) no longer holds them.
-        parts.push(h('p', { class: 'notice', testid: 'cancelled-unavailable' },
-          'Cancelled appointments are not listed here yet: a cancelled appointment leaves the practitioner\'s agenda. ',
-          'Open the audit screen with an appointment id to see its cancellation.'));
-      }
       const nameOf = (id) => people.find((p) => p.id === id)?.name || 'Practitioner';
       for (let date = from; date <= to; date = addDays(date, 1)) {
         const rows = [];
         const working = [];
         for (const a of agendas) {
           const day = a.days?.find((d) => d.date === date);
-          if (!day) continue;
-          if (day.working.length) working.push(day.working.map((w) => `${fmtTime(w.start)}–${fmtTime(w.end)}`).join(', '));
-          rows.push(...day.booked.filter((b) => !state.status || b.appointment?.status === state.status).map((b) => ({ ...b, practitionerId: a.id })));
+          if (day?.working.length) working.push(day.working.map((w) => `${fmtTime(w.start)}–${fmtTime(w.end)}`).join(', '));
+          rows.push(...a.booked.filter((b) => localDate(new Date(b.start)) === date));
         }
         rows.sort((x, y) => x.start.localeCompare(y.start));
         const hours = department
@@ -499,6 +497,26 @@
       // control if its row was kept, else the row itself.
       if (focused?.isConnected) focused.focus();
       else if (focusedId) $(`[data-testid=appointment-row][data-id="${CSS.escape(focusedId)}"]`)?.focus();
+    }
+
+    // Every appointment of one practitioner on the hospital-local dates
+    // from..=to, page by page, as the rows the list draws.
+    async function practitionerAppointments(id, from, to, status, atLeast) {
+      const rows = [];
+      let after = null;
+      do {
+        const d = await gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $status: [StatusFilter!], $after: String, $atLeast: String) {
+          practitionerAppointments(practitionerId: $id, from: $from, to: $to, status: $status, first: 500, after: $after, atLeast: $atLeast) {
+            pageInfo { hasNextPage endCursor }
+            nodes { appointment { id practitionerId serviceId start end status note patient { name hisPatientId } } } } }`,
+        { id, from, to, status, after, atLeast: atLeast || null });
+        const page = d.practitionerAppointments;
+        for (const { appointment: a } of page.nodes) {
+          rows.push({ appointmentId: a.id, practitionerId: a.practitionerId, serviceId: a.serviceId, start: a.start, end: a.end, appointment: a });
+        }
+        after = page.pageInfo.hasNextPage ? page.pageInfo.endCursor : null;
+      } while (after);
+      return rows;
     }
 
     // Refreshes (live events, polling, someone else's change) must not wipe

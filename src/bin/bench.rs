@@ -4,7 +4,7 @@
 //! booking work), then checks by SQL that nothing was double-booked.
 //!
 //! ```text
-//! buktor-bench DATABASE_URL BOOKINGS CONCURRENCY [CONTENDED_SLOTS] [--http]
+//! buktor-bench DATABASE_URL BOOKINGS CONCURRENCY [CONTENDED_SLOTS] [--http | --widget]
 //! ```
 //!
 //! - `DATABASE_URL` is any database of the cluster (a `postgres://` URL): the
@@ -26,6 +26,11 @@
 //! - `--http` starts the real server in-process (`Application::build`,
 //!   `AppState::new`, listening on 127.0.0.1:0) and sends `bookAppointment`
 //!   GraphQL mutations over C keep-alive HTTP/1.1 connections instead.
+//! - `--widget` does the same but books as anonymous patients do through the
+//!   booking widget: per booking a hold (`POST /widget/v1/{tenant}/holds`)
+//!   and the booking that claims it (`POST …/bookings` with the patient's
+//!   name and e-mail), two requests and two appends; its latency is the pair.
+//!   The widget sends no idempotency key, so none are stored.
 //!
 //! Booking `i` goes to worker `i % C` as in the peer. `conflicts` counts
 //! appends refused because a stream moved and then decided again
@@ -46,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use buktor::app::{
-    AppError, Book, CommandContext, DefineService, RegisterPractitioner, Scheduler, SetWeeklyRules,
-    SystemClock,
+    AppError, Book, CommandContext, ConfigureEmbedding, DefineService, RegisterPractitioner,
+    Scheduler, SetWeeklyRules, SystemClock,
 };
 use buktor::auth::generate_api_key;
 use buktor::config::{Config, RateLimit, Secret};
@@ -69,7 +74,7 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 const USAGE: &str =
-    "usage: buktor-bench DATABASE_URL BOOKINGS CONCURRENCY [CONTENDED_SLOTS] [--http]";
+    "usage: buktor-bench DATABASE_URL BOOKINGS CONCURRENCY [CONTENDED_SLOTS] [--http | --widget]";
 const GRID_MINUTES: u32 = 15;
 /// The weekly rule's window. A rule ends within its day, so the last slot
 /// starts at 23:30: 95 slots a day.
@@ -82,12 +87,26 @@ struct Args {
     concurrency: usize,
     contended: Option<usize>,
     http: bool,
+    widget: bool,
+}
+
+impl Args {
+    fn over_http(&self) -> bool {
+        self.http || self.widget
+    }
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let http = raw.iter().any(|a| a == "--http");
-    let pos: Vec<&String> = raw.iter().filter(|a| *a != "--http").collect();
+    let widget = raw.iter().any(|a| a == "--widget");
+    if http && widget {
+        bail!("--http and --widget exclude each other: {USAGE}");
+    }
+    let pos: Vec<&String> = raw
+        .iter()
+        .filter(|a| *a != "--http" && *a != "--widget")
+        .collect();
     if !(3..=4).contains(&pos.len()) || pos.iter().any(|a| a.starts_with("--")) {
         bail!("{USAGE}");
     }
@@ -108,6 +127,7 @@ fn parse_args() -> anyhow::Result<Args> {
             None
         },
         http,
+        widget,
     })
 }
 
@@ -272,7 +292,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     // In-process the scheduler is used directly; over HTTP the server's own
     // scheduler is used for setup too, so its caches are as a running server's.
-    let (scheduler, metrics, state) = if args.http {
+    let (scheduler, metrics, state) = if args.over_http() {
         let state = Arc::new(AppState::new(&config, store.clone()));
         (state.scheduler.clone(), state.metrics.clone(), Some(state))
     } else {
@@ -290,6 +310,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.concurrency
     };
     let fixture = Arc::new(set_up(&scheduler, practitioners).await?);
+    if args.widget {
+        scheduler
+            .configure_embedding(
+                &admin_context(fixture.tenant),
+                &ConfigureEmbedding {
+                    allowed_origins: Vec::new(),
+                    hold_minutes: None,
+                    patient_booking: Some(true),
+                },
+            )
+            .await?;
+    }
     let last = fixture
         .target(args.bookings - 1, args.concurrency, args.contended)
         .1;
@@ -334,7 +366,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.bookings as f64 / secs,
         percentile_ms(&latencies, 0.50),
         percentile_ms(&latencies, 0.99),
-        if args.http { " mode=http" } else { "" },
+        if args.widget {
+            " mode=widget"
+        } else if args.http {
+            " mode=http"
+        } else {
+            ""
+        },
     );
     // For `pg_waldump --start FROM --end TO --stats=record` on the cluster's pg_wal.
     println!(
@@ -586,24 +624,40 @@ async fn book_over_http(
     fixture: &Arc<Fixture>,
     run_id: &str,
 ) -> anyhow::Result<Tally> {
-    let key = generate_api_key(fixture.tenant, Role::HisSystem, "bench HIS");
-    state.store.create_api_key(&key.record).await?;
+    // Widget patients are anonymous; the HIS books with its API key.
+    let token = if args.widget {
+        None
+    } else {
+        let key = generate_api_key(fixture.tenant, Role::HisSystem, "bench HIS");
+        state.store.create_api_key(&key.record).await?;
+        Some(key.token)
+    };
     let app = Application::build(config, state).context("cannot start the server")?;
     let addr = app.addr;
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
-    let token = Arc::new(key.token);
+    let token = Arc::new(token);
+    let widget = args.widget;
 
     let mut tasks = Vec::with_capacity(args.concurrency);
     for w in 0..args.concurrency {
         let (fixture, run_id, token) = (fixture.clone(), run_id.to_owned(), token.clone());
         let (n, conc, contended) = (args.bookings, args.concurrency, args.contended);
         tasks.push(tokio::spawn(async move {
-            let mut client = HttpClient::connect(addr, &token).await?;
+            let mut client = HttpClient::connect(addr, token.as_deref()).await?;
             let mut tally = Tally::default();
             let mut i = w;
             while i < n {
                 let (practitioner_id, start) = fixture.target(i, conc, contended);
+                if widget {
+                    let started = Instant::now();
+                    let outcome =
+                        book_through_widget(&mut client, &fixture, practitioner_id, start, i)
+                            .await?;
+                    tally.record(started, outcome);
+                    i += conc;
+                    continue;
+                }
                 let body = serde_json::json!({
                     "query": BOOK_MUTATION,
                     "variables": {
@@ -636,6 +690,44 @@ async fn book_over_http(
     Ok(total)
 }
 
+/// A patient's hold and the booking that claims it, as the widget sends them.
+async fn book_through_widget(
+    client: &mut HttpClient,
+    fixture: &Fixture,
+    practitioner_id: PractitionerId,
+    start: DateTime<Utc>,
+    i: usize,
+) -> anyhow::Result<Result<(), (String, String)>> {
+    let base = format!("/widget/v1/{}", fixture.tenant);
+    let hold = serde_json::json!({
+        "practitionerId": practitioner_id.to_string(),
+        "serviceId": fixture.service.to_string(),
+        "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    let (status, held) = client.post_json(&format!("{base}/holds"), &hold).await?;
+    if status != 201 {
+        return Ok(Err(problem_outcome(status, &held)));
+    }
+    let booking = serde_json::json!({
+        "holdId": held["holdId"],
+        "patient": {"name": format!("Patient {i}"), "email": format!("patient{i}@example.org")},
+    });
+    let (status, booked) = client
+        .post_json(&format!("{base}/bookings"), &booking)
+        .await?;
+    Ok(if status == 201 && booked["appointmentId"].is_string() {
+        Ok(())
+    } else {
+        Err(problem_outcome(status, &booked))
+    })
+}
+
+/// The code and text of a problem-details answer.
+fn problem_outcome(status: u16, problem: &serde_json::Value) -> (String, String) {
+    let code = problem["code"].as_str().unwrap_or("HTTP_ERROR").to_owned();
+    (code, format!("HTTP {status}: {problem}"))
+}
+
 /// `Ok` if the mutation answered an id, else the error code and message.
 fn graphql_outcome(status: u16, response: &serde_json::Value) -> Result<(), (String, String)> {
     if status == 200 && response["data"]["bookAppointment"]["id"].is_string() {
@@ -656,17 +748,18 @@ fn graphql_outcome(status: u16, response: &serde_json::Value) -> Result<(), (Str
 struct HttpClient {
     stream: BufReader<TcpStream>,
     host: String,
-    token: String,
+    /// The `Authorization: Bearer` header's token; none for anonymous calls.
+    token: Option<String>,
 }
 
 impl HttpClient {
-    async fn connect(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Self> {
+    async fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(HttpClient {
             stream: BufReader::new(stream),
             host: addr.to_string(),
-            token: token.to_owned(),
+            token: token.map(str::to_owned),
         })
     }
 
@@ -676,10 +769,14 @@ impl HttpClient {
         body: &serde_json::Value,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
         let body = serde_json::to_vec(body)?;
+        let authorization = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\nX-Buktor-Source: his-api\r\n"))
+            .unwrap_or_default();
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nX-Buktor-Source: his-api\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
-            self.token,
             body.len()
         )
         .into_bytes();
@@ -872,10 +969,11 @@ async fn verify(
         None => args.bookings,
     };
     let ok = ok as i64;
+    let expected_keys = if args.widget { 0 } else { ok };
     let passed = doubled == 0
         && booked == ok
         && held == ok
-        && keys == ok
+        && keys == expected_keys
         && distinct == ok
         && ok == expected_ok as i64;
     println!(
@@ -1966,7 +2064,7 @@ mod read_bench {
                     let (practitioners, token) = (practitioners.clone(), token.clone());
                     tasks.push(tokio::spawn(async move {
                         let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
-                        let mut client = HttpClient::connect(addr, &token).await?;
+                        let mut client = HttpClient::connect(addr, Some(token.as_str())).await?;
                         let (mut latencies, mut found, mut errors) = (Vec::new(), 0usize, 0usize);
                         let mut first_error = None;
                         while Instant::now() < deadline {
@@ -2095,7 +2193,7 @@ mod read_bench {
                 (next.clone(), token.clone(), fixture.clone(), run_id.clone());
             let addr = server.addr;
             tasks.push(tokio::spawn(async move {
-                let mut client = HttpClient::connect(addr, &token).await?;
+                let mut client = HttpClient::connect(addr, Some(token.as_str())).await?;
                 // (lateness, booking latency, lag) per booking.
                 let mut samples = Vec::new();
                 let mut errors = Vec::new();

@@ -188,6 +188,13 @@ impl Authenticator {
     /// A hospital's record, kept for a short while: sessions name the
     /// hospital themselves, so this is their only store read.
     pub async fn tenant(&self, id: TenantId) -> Result<TenantRecord, AuthError> {
+        self.hospital(id).await?.ok_or(AuthError::SessionInvalid)
+    }
+
+    /// A hospital's record by id, `None` for an unknown one. Known ones are
+    /// kept for a short while: the widget's and the framed pages' URLs name
+    /// the hospital, and every call of theirs would read it again.
+    pub async fn hospital(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {
         let cached = self
             .tenants
             .lock()
@@ -195,20 +202,18 @@ impl Authenticator {
             .get(&id)
             .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
             .map(|(t, _)| t.clone());
-        if let Some(t) = cached {
-            return Ok(t);
+        if cached.is_some() {
+            return Ok(cached);
         }
-        let tenant = self
-            .store
-            .tenant(id)
-            .await?
-            .ok_or(AuthError::SessionInvalid)?;
+        let Some(tenant) = self.store.tenant(id).await? else {
+            return Ok(None);
+        };
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         if tenants.len() > 10_000 {
             tenants.clear();
         }
         tenants.insert(id, (tenant.clone(), Instant::now()));
-        Ok(tenant)
+        Ok(Some(tenant))
     }
 }
 

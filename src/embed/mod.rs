@@ -350,7 +350,7 @@ pub(crate) async fn tenant_of_path(
 ) -> Result<crate::store::TenantRecord, Problem> {
     let not_found = || problem(StatusCode::NOT_FOUND, "NOT_FOUND", "no such hospital");
     let id: TenantId = raw.parse().map_err(|_| not_found())?;
-    match state.store.tenant(id).await {
+    match state.auth.hospital(id).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(not_found()),
         Err(e) => {

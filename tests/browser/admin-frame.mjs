@@ -2,7 +2,7 @@
 // render and work (every screen, with the hospital's data, and writes that
 // land with the signed-in user as actor); framed by any other origin,
 // Chromium refuses to render them because of CSP frame-ancestors.
-import { appointment, assert, expectCount, expectText, expectVisible, gql, sameInstant, until, untilEqual } from './lib.mjs';
+import { appointment, assert, expectCount, expectReadable, expectText, expectVisible, gql, sameInstant, until, untilEqual } from './lib.mjs';
 import { frameHostUrl } from './hosts.mjs';
 
 export function adminUrl(site, screen, token, query = '') {
@@ -65,6 +65,7 @@ async function allowedFrame(t) {
   for (const b of booked) {
     await expectText(frame.locator(`[data-testid=appointment-row][data-id="${b.id}"]`), b.patientName);
   }
+  await expectReadable(adminFrame, 'the appointments screen');
   await t.shot(page, 'admin-appointments');
 
   // A status change from the framed screen: cancel the last appointment
@@ -118,6 +119,7 @@ async function allowedFrame(t) {
   await expectVisible(frame.locator('[data-testid=screen][data-screen=schedules]'), 'the schedules screen');
   await expectCount(frame.locator('[data-testid=schedule-rule]'), 1, 'the practitioner\'s one weekly rule');
   await expectVisible(frame.locator('[data-testid=save-rules]'), 'an admin may edit the rules');
+  await expectReadable(adminFrame, 'the schedules screen');
   await t.shot(page, 'admin-schedules');
 
   await frame.locator('nav a[data-screen=services]').click();
@@ -128,6 +130,7 @@ async function allowedFrame(t) {
     (await serviceRows.evaluateAll((rs) => rs.map((r) => r.dataset.id))).sort(),
     [site.services.checkup.id, site.services.consultation.id].sort(),
   );
+  await expectReadable(adminFrame, 'the services screen');
   await t.shot(page, 'admin-services');
 
   // The push endpoint and its delivery log (the bookings were pushed to it).
@@ -143,6 +146,7 @@ async function allowedFrame(t) {
   await expectText(endpointRow, site.endpoint.url);
   await endpointRow.locator('[data-testid=show-deliveries]').click();
   await until('delivery rows', () => frame.locator('[data-testid=delivery-row]').count());
+  await expectReadable(adminFrame, 'the endpoints screen');
   await t.shot(page, 'admin-endpoints');
 
   // The audit trail of the cancelled appointment: booked with the API key,
@@ -163,6 +167,7 @@ async function allowedFrame(t) {
   await expectText(entries.nth(1).locator('[data-field=actor]'), (s) => s === 'user:admin-1 (admin)', 'the cancellation\'s actor');
   await expectText(entries.nth(1).locator('[data-field=source]'), (s) => s === 'admin', 'the cancellation\'s source');
   await expectText(entries.nth(1).locator('[data-field=reason]'), 'Practitioner ill', 'the cancellation\'s reason');
+  await expectReadable(adminFrame, 'the audit screen');
   await t.shot(page, 'admin-audit');
 }
 

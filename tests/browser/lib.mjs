@@ -193,3 +193,71 @@ export async function bookedOn(site, practitionerId, date) {
 export function sameInstant(a, b) {
   return new Date(a).getTime() === new Date(b).getTime();
 }
+
+/**
+ * The visible texts of a page or frame, shadow roots included, whose colour
+ * has less contrast with what is behind them than WCAG 2.2 AA asks (4.5:1,
+ * 3:1 for large text). Disabled controls are exempt, as WCAG exempts them.
+ * Backgrounds are composed up the tree (through shadow hosts) over white;
+ * background images are not looked at.
+ */
+export async function lowContrast(target) {
+  return target.evaluate(() => {
+    const rgba = (css) => {
+      const m = css.match(/^rgba?\(([^)]+)\)$/) || css.match(/^color\(srgb ([^)]+)\)$/);
+      if (!m) return null;
+      const parts = m[1].split(/[\s,/]+/).filter(Boolean).map(Number);
+      const scale = css.startsWith('color(') ? 255 : 1;
+      return { r: parts[0] * scale, g: parts[1] * scale, b: parts[2] * scale, a: parts.length > 3 ? parts[3] : 1 };
+    };
+    const over = (top, under) => ({
+      r: top.r * top.a + under.r * (1 - top.a),
+      g: top.g * top.a + under.g * (1 - top.a),
+      b: top.b * top.a + under.b * (1 - top.a),
+      a: 1,
+    });
+    const parentOf = (el) => el.parentElement || el.getRootNode().host || null;
+    const backdrop = (el) => {
+      const layers = [];
+      for (let e = el; e; e = parentOf(e)) {
+        const bg = rgba(getComputedStyle(e).backgroundColor);
+        if (bg && bg.a > 0) { layers.push(bg); if (bg.a >= 1) break; }
+      }
+      return layers.reduceRight((under, top) => over(top, under), { r: 255, g: 255, b: 255, a: 1 });
+    };
+    const luminance = ({ r, g, b }) => {
+      const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+    };
+    const elements = [];
+    const walk = (root) => {
+      for (const el of root.querySelectorAll('*')) {
+        elements.push(el);
+        if (el.shadowRoot) walk(el.shadowRoot);
+      }
+    };
+    walk(document);
+    const failures = [];
+    for (const el of elements) {
+      const text = [...el.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.textContent).join('').trim();
+      if (!text || !el.getClientRects().length) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility !== 'visible' || el.closest('[disabled], [aria-disabled=true]')) continue;
+      if (['OPTION', 'OPTGROUP', 'SCRIPT', 'STYLE', 'TITLE'].includes(el.tagName)) continue;
+      const bg = backdrop(el);
+      const fg = over(rgba(style.color), bg);
+      const [hi, lo] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+      const ratio = (hi + 0.05) / (lo + 0.05);
+      const size = parseFloat(style.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) failures.push(`${el.tagName.toLowerCase()} "${text.slice(0, 40)}": ${ratio.toFixed(2)}:1 (${style.color} on rgb(${Math.round(bg.r)}, ${Math.round(bg.g)}, ${Math.round(bg.b)}))`);
+    }
+    return failures;
+  });
+}
+
+/** Fails with every text that is too faint to read (see lowContrast). */
+export async function expectReadable(target, what) {
+  const failures = await lowContrast(target);
+  assert.deepEqual(failures, [], `every text of ${what} has enough contrast`);
+}

@@ -2,7 +2,7 @@
 // widget fits the screen, its controls are found by their labels and roles,
 // a slot is chosen with the keyboard and the focus moves on to the details.
 import { devices } from 'playwright-core';
-import { appointment, assert, expectVisible, sameInstant, until } from './lib.mjs';
+import { appointment, assert, expectReadable, expectVisible, sameInstant, until } from './lib.mjs';
 import { openWidget, slotButton, waitEvent } from './widget.mjs';
 
 async function phone(t) {
@@ -26,6 +26,7 @@ async function phone(t) {
   await page.keyboard.press('Enter');
   await until(`${dayName} to be chosen`, async () => (await day.getAttribute('aria-pressed')) === 'true');
   assert.ok(await fits(), 'no sideways scrolling on a phone');
+  await expectReadable(page, 'the day and slot choice');
   await t.shot(page, 'phone-slots');
 
   // A slot with the space bar; the focus moves to the first detail to fill in.
@@ -40,6 +41,7 @@ async function phone(t) {
   await page.getByLabel('Email', { exact: true }).focus();
   await page.keyboard.type('fatima@example.org');
   assert.ok(await fits(), 'the details fit the phone too');
+  await expectReadable(page, 'the details form');
   await t.shot(page, 'phone-details');
 
   // Enter confirms (the details are a form).
@@ -49,6 +51,7 @@ async function phone(t) {
   assert.equal(booked.practitionerId, practitionerId, 'booked with the practitioner of the chosen slot');
   await expectVisible(page.getByRole('link', { name: /manage/i }), 'the manage link, by its name');
   assert.ok(await fits(), 'the confirmation fits the phone');
+  await expectReadable(page, 'the confirmation');
   await t.shot(page, 'phone-confirmation');
   const a = await appointment(site, booked.appointmentId);
   assert.equal(a.status, 'BOOKED');

@@ -129,12 +129,9 @@ async fn watch(
     query: &SlotQuery,
 ) -> Result<(Days, Position), Problem> {
     let range = query.parse()?;
-    let service = range
-        .search
-        .service_id
-        .expect("the widget's search names a service");
-    let practitioners: BTreeSet<PractitionerId> = match &range.search.practitioner_ids {
-        Some(ids) => ids.iter().copied().collect(),
+    let service = range.service;
+    let practitioners: BTreeSet<PractitionerId> = match range.practitioner {
+        Some(one) => BTreeSet::from([one]),
         None => state
             .scheduler
             .service(call.tenant.id, service)

@@ -448,9 +448,21 @@ pub(super) struct SlotQuery {
 }
 
 pub(super) struct SlotRange {
-    pub search: SlotSearch,
+    pub service: ServiceId,
+    /// `None`: every practitioner offering the service ("first available").
+    pub practitioner: Option<PractitionerId>,
     pub from: NaiveDate,
     pub to: NaiveDate,
+}
+
+impl SlotRange {
+    pub(super) fn search(&self) -> SlotSearch {
+        SlotSearch {
+            practitioner_ids: self.practitioner.map(|p| vec![p]),
+            service_id: Some(self.service),
+            specialty: None,
+        }
+    }
 }
 
 impl SlotQuery {
@@ -474,11 +486,8 @@ impl SlotQuery {
             )));
         }
         Ok(SlotRange {
-            search: SlotSearch {
-                practitioner_ids: practitioner.map(|p| vec![p]),
-                service_id: Some(service),
-                specialty: None,
-            },
+            service,
+            practitioner,
             from,
             to,
         })
@@ -513,7 +522,7 @@ async fn slots(
             .read_side
             .available_slots(
                 call.tenant.id,
-                &range.search,
+                &range.search(),
                 range.from,
                 range.to,
                 state.scheduler.now(),

@@ -9,7 +9,8 @@ use chrono::{NaiveDate, NaiveTime, Utc, Weekday};
 use uuid::Uuid;
 
 use crate::app::{
-    AppResult, CommandContext, DefineService, RegisterPractitioner, Scheduler, SetWeeklyRules,
+    AppResult, CommandContext, ConfigureEmbedding, DefineService, RegisterPractitioner, Scheduler,
+    SetWeeklyRules,
 };
 use crate::auth::generate_api_key;
 use crate::store::{StoreResult, TenantRecord};
@@ -122,6 +123,18 @@ pub async fn seed(scheduler: &Scheduler) -> AppResult<Seeded> {
             )
             .await?;
     }
+    // A demo is for trying the widget: its patients may book online, from
+    // Buktor's own pages (no other site is allowed).
+    scheduler
+        .configure_embedding(
+            &ctx,
+            &ConfigureEmbedding {
+                allowed_origins: Vec::new(),
+                hold_minutes: None,
+                patient_booking: Some(true),
+            },
+        )
+        .await?;
     Ok(Seeded {
         tenant,
         admin_key: key.token,

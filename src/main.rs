@@ -48,6 +48,28 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Print the address of an admin screen with a fresh embed token, valid
+    /// for 10 minutes: the admin screens without a HIS (a first look, the
+    /// support desk). A HIS gets its tokens from POST /embed/v1/tokens.
+    EmbedLink {
+        #[arg(long)]
+        tenant: TenantId,
+        /// Who opens it, as the audit trail will name them (user:<id>).
+        #[arg(long)]
+        user: String,
+        /// Their name, shown on the screens.
+        #[arg(long)]
+        name: String,
+        /// staff, admin or auditor.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// appointments, schedules, services, endpoints or audit.
+        #[arg(long, default_value = "appointments")]
+        screen: String,
+        /// Where browsers reach this server (default: http://<listen address>).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
     /// Rebuild, verify and inspect the read models.
     Projections {
         #[command(subcommand)]
@@ -217,6 +239,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", key.token);
             Ok(())
         }
+        Command::EmbedLink {
+            tenant,
+            user,
+            name,
+            role,
+            screen,
+            base_url,
+        } => {
+            let store = store::open(&config).await?;
+            if store.tenant(tenant).await?.is_none() {
+                anyhow::bail!("no tenant {tenant}");
+            }
+            let tokens = buktor::embed::tokens::TokenSigner::new(store, Arc::new(SystemClock));
+            let base_url = base_url.unwrap_or_else(|| format!("http://{}", config.listen));
+            let link =
+                buktor::embed::admin_link(&tokens, &base_url, tenant, &user, &name, &role, &screen)
+                    .await?;
+            println!("{link}");
+            Ok(())
+        }
         Command::Endpoint { command } => {
             let store = store::open(&config).await?;
             buktor::webhooks::cli::run(&*store, &config.webhooks, command).await
@@ -363,6 +405,14 @@ async fn serve(config: Config, demo_requested: bool) -> anyhow::Result<()> {
                 s.tenant.name, s.tenant.id
             );
             println!("Admin API key (shown only now): {}", s.admin_key);
+            println!(
+                "Booking widget: {url}/widget/v1/{}/frame  (the demo hospital takes bookings from patients)",
+                s.tenant.id
+            );
+            println!(
+                "Admin screens: buktor embed-link --tenant {} --user you --name \"Your Name\"  (prints a link)",
+                s.tenant.id
+            );
             println!("GraphiQL: {url}/graphql  (send the header  Authorization: Bearer <key>)");
         }
         None => println!("GraphiQL: {url}/graphql"),

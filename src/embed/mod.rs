@@ -127,19 +127,7 @@ async fn embed_token_for(
         ));
     }
     let request: EmbedTokenRequest = parse_json(body)?;
-    let user = ShortText::parse("user", &request.user)?;
-    let name = Name::parse("name", &request.name)?;
-    let role = match request.role.as_str() {
-        "staff" => Role::Staff,
-        "admin" => Role::Admin,
-        "auditor" => Role::Auditor,
-        other => {
-            return Err(invalid(DomainError::invalid(
-                "role",
-                format!("{other:?}: one of staff, admin, auditor"),
-            )))
-        }
-    };
+    let grant = embed_grant(&request.user, &request.name, &request.role)?;
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_EMBED_TTL_SECS);
     if !(1..=MAX_EMBED_TTL_SECS).contains(&ttl) {
         return Err(invalid(DomainError::invalid(
@@ -148,11 +136,6 @@ async fn embed_token_for(
         )));
     }
     let expires_at = state.tokens.now() + Duration::seconds(ttl);
-    let grant = Grant::Embed {
-        user: user.as_str().to_owned(),
-        name: name.as_str().to_owned(),
-        role,
-    };
     let token = state
         .tokens
         .issue(caller.tenant_id(), grant, expires_at)
@@ -161,11 +144,70 @@ async fn embed_token_for(
     tracing::info!(
         tenant = %caller.tenant_id(),
         issuer = %caller.actor_id,
-        user = user.as_str(),
-        role = %role,
+        user = request.user.trim(),
+        role = request.role.as_str(),
         "embed token issued"
     );
     Ok(HttpResponse::Created().json(json!({"token": token, "expiresAt": expires_at})))
+}
+
+/// What an embed token lets its user be: one of the roles a person at a
+/// screen has (never `his-system`, which is the HIS server's own).
+fn embed_grant(user: &str, name: &str, role: &str) -> Result<Grant, DomainError> {
+    let user = ShortText::parse("user", user)?;
+    let name = Name::parse("name", name)?;
+    let role = match role {
+        "staff" => Role::Staff,
+        "admin" => Role::Admin,
+        "auditor" => Role::Auditor,
+        other => {
+            return Err(DomainError::invalid(
+                "role",
+                format!("{other:?}: one of staff, admin, auditor"),
+            ))
+        }
+    };
+    Ok(Grant::Embed {
+        user: user.as_str().to_owned(),
+        name: name.as_str().to_owned(),
+        role,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminLinkError {
+    #[error(transparent)]
+    Invalid(#[from] DomainError),
+    #[error("cannot sign the token: {0}")]
+    Token(#[from] TokenError),
+}
+
+/// The address of an admin screen with a fresh embed token (valid for the
+/// longest an embed token lives) in its fragment: the admin screens outside
+/// a HIS, for a first look, a demo or the support desk (`buktor embed-link`).
+pub async fn admin_link(
+    tokens: &tokens::TokenSigner,
+    base_url: &str,
+    tenant: TenantId,
+    user: &str,
+    name: &str,
+    role: &str,
+    screen: &str,
+) -> Result<String, AdminLinkError> {
+    if !ADMIN_SCREENS.contains(&screen) {
+        return Err(DomainError::invalid(
+            "screen",
+            format!("{screen:?}: one of {}", ADMIN_SCREENS.join(", ")),
+        )
+        .into());
+    }
+    let grant = embed_grant(user, name, role)?;
+    let expires_at = tokens.now() + Duration::seconds(MAX_EMBED_TTL_SECS);
+    let token = tokens.issue(tenant, grant, expires_at).await?;
+    let base = base_url.trim_end_matches('/');
+    Ok(format!(
+        "{base}/embed/{tenant}/admin/{screen}#token={token}"
+    ))
 }
 
 #[derive(Deserialize)]

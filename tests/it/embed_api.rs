@@ -1019,3 +1019,104 @@ async fn a_lapsing_hold_gives_its_slot_back_live_without_any_event() {
         .contains(&slot));
     assert!(graphql_has(&crate::read_side::next_payload(&mut ws).await));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_hospital_books_online_and_the_cli_links_to_its_admin_screens() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let output = server.output();
+    // The first start says where the widget is; its patients may book there.
+    let prefix = format!("Booking widget: {}/widget/v1/", server.url);
+    let tenant = output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split_once("/frame"))
+        .map(|(tenant, _)| tenant.to_owned())
+        .unwrap_or_else(|| panic!("no widget line in:\n{output}"));
+    assert!(
+        output.contains(&format!("buktor embed-link --tenant {tenant}")),
+        "{output}"
+    );
+    let browser = Browser::new(&server, &tenant);
+    let page = browser.get("/widget/v1/{tenant}/frame", &[]).await;
+    assert_eq!(page.status, 200);
+    let config = browser
+        .get("/widget/v1/{tenant}/config", &[])
+        .await
+        .expect(200);
+    assert_eq!(config["patientBooking"], true);
+    assert_eq!(config["mode"], "patient");
+    assert_eq!(config["tenant"]["name"], "Demo Hospital");
+
+    // `buktor embed-link` prints an admin screen's address with a token that
+    // opens a session of the user and role asked for.
+    let link = deployment
+        .cli(&[
+            "embed-link",
+            "--tenant",
+            &tenant,
+            "--user",
+            "support-1",
+            "--name",
+            "Support Desk",
+            "--role",
+            "auditor",
+            "--screen",
+            "audit",
+            "--base-url",
+            &format!("{}/", server.url),
+        ])
+        .await;
+    let (address, token) = link
+        .split_once("#token=")
+        .unwrap_or_else(|| panic!("no token in {link:?}"));
+    assert_eq!(
+        address,
+        format!("{}/embed/{tenant}/admin/audit", server.url)
+    );
+    let path = address.strip_prefix(&server.url).unwrap();
+    assert_eq!(browser.get(path, &[]).await.status, 200);
+    let session = browser
+        .post("/embed/v1/session", &[], json!({ "token": token }))
+        .await
+        .expect(200);
+    assert_eq!(
+        (&session["user"], &session["role"], &session["name"]),
+        (
+            &json!("support-1"),
+            &json!("auditor"),
+            &json!("Support Desk")
+        )
+    );
+    assert_eq!(session["tenant"]["id"], tenant.as_str());
+
+    // A role for the HIS itself, an unknown screen or hospital: refused, no link.
+    for (flag, value, says) in [
+        ("--role", "his-system", "one of staff, admin, auditor"),
+        ("--screen", "billing", "one of appointments, schedules"),
+        (
+            "--tenant",
+            "01a2f0d0-0000-7000-8000-000000000000",
+            "no tenant",
+        ),
+    ] {
+        let hospital = if flag == "--tenant" { value } else { &tenant };
+        let mut args = vec![
+            "embed-link",
+            "--tenant",
+            hospital,
+            "--user",
+            "u",
+            "--name",
+            "N",
+        ];
+        if flag != "--tenant" {
+            args.extend([flag, value]);
+        }
+        let out = deployment.cli_output(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(out.stdout.is_empty(), "{flag} {value} printed a link");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}

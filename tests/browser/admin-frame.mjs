@@ -111,6 +111,26 @@ async function allowedFrame(t) {
     const time = await frame.locator(`[data-testid=appointment-row][data-id="${booked[2].id}"] time`).getAttribute('datetime');
     return time && sameInstant(time, site.reschedule.start);
   });
+
+  // Reschedule by drag: the second appointment onto the day's free 11:30,
+  // which is then free no more.
+  const second = frame.locator(`[data-testid=appointment-row][data-id="${booked[1].id}"]`);
+  const freeAt = (hhmm) => frame.locator('[data-testid=free-time]', { hasText: hhmm });
+  await expectCount(freeAt('11:30'), 1, 'a free time at 11:30 to drop on');
+  await expectCount(freeAt('09:00'), 0, 'a booked time is not offered as free');
+  const target = await freeAt('11:30').getAttribute('data-start');
+  // Taken by its time cell, as a user would (the row's middle is its form).
+  await second.locator('td').first().dragTo(freeAt('11:30'));
+  await until('the server to have the dragged start', async () => {
+    const a = await appointment(site, booked[1].id);
+    return sameInstant(a.start, target) ? a : null;
+  });
+  await until('the row to show the dragged time', async () => {
+    const time = await second.locator('time').getAttribute('datetime');
+    return time && sameInstant(time, target);
+  });
+  await expectCount(freeAt('11:30'), 0, '11:30 is taken now');
+  await expectCount(freeAt('10:00'), 1, 'the time it left is free again');
   await expectCount(frame.locator('[data-testid=error]'), 0, 'no error after the writes');
   await t.shot(page, 'admin-appointments-after-writes');
 

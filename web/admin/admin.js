@@ -32,6 +32,7 @@
   };
   const WEEKDAYS = ['MONDAY', 'TUESDAY', 'WEDNESDAY', 'THURSDAY', 'FRIDAY', 'SATURDAY', 'SUNDAY'];
   const POLL_MS = 30000;
+  const DRAG_TYPE = 'application/x-buktor-appointment';
 
   const path = location.pathname.match(/^\/embed\/([^/]+)\/admin\/([^/]+)\/?$/);
   const tenantInPath = path ? decodeURIComponent(path[1]) : '';
@@ -455,11 +456,13 @@
       const agendas = await Promise.all(ids.map(async (id) => {
         const [schedule, booked] = await Promise.all([
           gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
-            practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) { days { date working { start end } } } }`,
+            practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) { days { date working { start end } free { start end } } }
+            schedule(practitionerId: $id) { rules { gridMinutes } } }`,
           { id, from, to, atLeast: atLeast || null }),
           practitionerAppointments(id, from, to, statusFilter, atLeast),
         ]);
-        return { id, days: schedule.practitionerSchedule?.days, booked };
+        const grids = (schedule.schedule?.rules || []).map((r) => r.gridMinutes);
+        return { id, days: schedule.practitionerSchedule?.days, booked, grid: grids.length ? Math.min(...grids) : 15 };
       }));
       if (!ctx.live()) return;
       results.setAttribute('aria-busy', 'false');
@@ -489,7 +492,8 @@
               h('caption', { class: 'sr-only' }, `Appointments on ${fmtDay(date)}`),
               h('thead', {}, h('tr', {}, columns.map((t) => h('th', { scope: 'col' }, t)))),
               h('tbody', {}, rows.map((b) => keptRow(b, department ? nameOf(b.practitionerId) : null))))
-            : h('p', { class: 'muted' }, state.status ? `No ${STATUS_LABELS[state.status].toLowerCase()} appointments.` : 'No appointments.')));
+            : h('p', { class: 'muted' }, state.status ? `No ${STATUS_LABELS[state.status].toLowerCase()} appointments.` : 'No appointments.'),
+          ctx.write && !department && state.view === 'day' ? freeTimes(date, agendas[0]) : null));
       }
       results.replaceChildren(...parts);
       kept = seen;
@@ -536,7 +540,14 @@
       const a = b.appointment;
       const status = a?.status || 'BOOKED';
       const who = a ? `${a.patient.name || 'Unnamed patient'}` : 'Unknown appointment';
-      const row = h('tr', { testid: 'appointment-row', 'data-id': b.appointmentId, 'data-status': status, tabindex: '-1' },
+      const row = h('tr', { testid: 'appointment-row', 'data-id': b.appointmentId, 'data-status': status, tabindex: '-1',
+        draggable: ctx.write && status === 'BOOKED' ? 'true' : null,
+        ondragstart: (e) => {
+          dragged = { id: b.appointmentId, who };
+          e.dataTransfer.setData(DRAG_TYPE, b.appointmentId);
+          e.dataTransfer.effectAllowed = 'move';
+        },
+        ondragend: () => { dragged = null; } },
         h('td', { 'data-label': 'Time' }, h('time', { datetime: b.start }, `${fmtTime(b.start)}–${fmtTime(b.end)}`)),
         practitionerName ? h('td', { 'data-label': 'Practitioner' }, practitionerName) : null,
         h('td', { 'data-label': 'Patient' }, who, a ? h('span', { class: 'muted small block' }, `HIS ${a.patient.hisPatientId}`) : null),
@@ -549,6 +560,42 @@
             e.preventDefault(); go('audit', `?appointment=${encodeURIComponent(b.appointmentId)}`);
           } }, 'Audit trail', h('span', { class: 'sr-only' }, ` of ${who} at ${fmtTime(b.start)}`))));
       return row;
+    }
+
+    // Drag and drop: a booked row onto one of the day's free times moves the
+    // appointment there (the reschedule form does the same by keyboard).
+    // Free times step by the practitioner's finest grid; the server still
+    // checks the schedule and says why it refuses.
+    let dragged = null;
+    function freeTimes(date, agenda) {
+      const day = agenda.days?.find((d) => d.date === date);
+      const now = Date.now();
+      const times = [];
+      for (const f of day?.free || []) {
+        for (let t = Date.parse(f.start); t < Date.parse(f.end); t += agenda.grid * 60000) {
+          if (t > now) times.push(new Date(t).toISOString());
+        }
+      }
+      if (!times.length) return null;
+      const hint = h('p', { class: 'muted small', id: `free-${date}` }, 'Free times: drag a booked appointment onto one to move it there.');
+      return h('div', { class: 'free-times' }, hint,
+        h('ul', { class: 'chips', 'aria-labelledby': `free-${date}` }, times.map((iso) => {
+          const chip = h('li', { class: 'chip', testid: 'free-time', 'data-start': iso,
+            ondragover: (e) => { if (dragged) { e.preventDefault(); e.dataTransfer.dropEffect = 'move'; chip.classList.add('over'); } },
+            ondragleave: () => chip.classList.remove('over'),
+            ondrop: async (e) => {
+              e.preventDefault();
+              chip.classList.remove('over');
+              const id = e.dataTransfer.getData(DRAG_TYPE) || dragged?.id;
+              const who = dragged?.who || 'The appointment';
+              dragged = null;
+              if (!id) return;
+              const r = await act(() => gql('mutation($id: ID!, $start: DateTime!) { r: rescheduleAppointment(id: $id, start: $start) { position } }',
+                { id, start: iso }), `${who} moved to ${fmtDateTime(iso)}.`);
+              if (r) load(r.r.position);
+            } }, h('time', { datetime: iso }, fmtTime(iso)));
+          return chip;
+        })));
     }
 
     function rowActions(b, status, who) {

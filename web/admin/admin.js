@@ -493,7 +493,9 @@
               h('thead', {}, h('tr', {}, columns.map((t) => h('th', { scope: 'col' }, t)))),
               h('tbody', {}, rows.map((b) => keptRow(b, department ? nameOf(b.practitionerId) : null))))
             : h('p', { class: 'muted' }, state.status ? `No ${STATUS_LABELS[state.status].toLowerCase()} appointments.` : 'No appointments.'),
-          ctx.write && !department && state.view === 'day' ? freeTimes(date, agendas[0]) : null));
+          // Something to drag: a booked appointment that day.
+          ctx.write && !department && state.view === 'day' && rows.some((b) => b.appointment?.status === 'BOOKED')
+            ? freeTimes(date, agendas[0]) : null));
       }
       results.replaceChildren(...parts);
       kept = seen;

@@ -57,16 +57,20 @@ fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem
     Problem::new(status, code, detail)
 }
 
+/// A read the answer needed failed inside the server: logged with what it
+/// was, answered as 503 without the details.
+fn unavailable(what: &str, error: &dyn std::fmt::Debug) -> Problem {
+    tracing::error!(error = ?error, "{what} failed");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "STORE_UNAVAILABLE",
+        "try again",
+    )
+}
+
 fn token_problem(e: TokenError) -> Problem {
     match e {
-        TokenError::Store(e) => {
-            tracing::error!(error = ?e, "token check failed inside the server");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "STORE_UNAVAILABLE",
-                "try again",
-            )
-        }
+        TokenError::Store(e) => unavailable("token check", &e),
         e => problem(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
     }
 }
@@ -395,14 +399,7 @@ pub(crate) async fn tenant_of_path(
     match state.auth.hospital(id).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(not_found()),
-        Err(e) => {
-            tracing::error!(error = ?e, "reading a hospital failed");
-            Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "STORE_UNAVAILABLE",
-                "try again",
-            ))
-        }
+        Err(e) => Err(unavailable("reading a hospital", &e)),
     }
 }
 

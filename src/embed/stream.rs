@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::widget::{answer, slot_json, Call, SlotQuery};
-use crate::graphql::slot_changes::touched_days;
+use crate::graphql::slot_changes::{hold_ends, touched_days};
 use crate::his::Problem;
 use crate::http::AppState;
 use crate::projection::views::SlotSearch;
-use crate::store::{Position, RecordedEvent};
+use crate::store::Position;
 
 /// Most practitioners one stream follows ("first available" of a big service).
 const MAX_PRACTITIONERS: usize = 20;
@@ -86,16 +86,6 @@ impl Days {
     }
 }
 
-/// When a hold an event made lapses, if it is one.
-fn hold_ends(e: &RecordedEvent) -> Option<DateTime<Utc>> {
-    if e.event_type != "SlotReserved" {
-        return None;
-    }
-    e.payload
-        .get("expires_at")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-}
-
 pub(super) async fn slots_stream(
     req: HttpRequest,
     path: web::Path<String>,
@@ -150,14 +140,7 @@ async fn watch(
         .read_side
         .position(call.tenant.id)
         .await
-        .map_err(|e| {
-            tracing::error!(error = ?e, "slot stream start failed");
-            super::problem(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "STORE_UNAVAILABLE",
-                "try again",
-            )
-        })?;
+        .map_err(|e| super::unavailable("slot stream start", &e))?;
     let days = Days {
         state: state.clone(),
         tenant: call.tenant.id,

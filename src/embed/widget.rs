@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::tokens::{Grant, TokenError};
 use super::{
     browser_origin, framed_page, invalid, parse_json, problem, settings_of, tenant_of_path,
-    token_problem, with_cors,
+    token_problem, unavailable, with_cors,
 };
 use crate::app::{
     Book, Cancel, CommandContext, RecordPatientContact, ReleaseReservation, Reschedule, ReserveSlot,
@@ -389,10 +389,7 @@ async fn config(
 ) -> HttpResponse {
     answer(&req, &state, &path, async |call| {
         let side = &state.read_side;
-        let view = |e: crate::projection::views::ViewError| {
-            tracing::error!(error = ?e, "widget config read failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "try again")
-        };
+        let view = |e: crate::projection::views::ViewError| unavailable("widget config read", &e);
         let practitioners: Vec<_> = side
             .practitioners(call.tenant.id, None, usize::MAX)
             .await
@@ -528,14 +525,7 @@ async fn slots(
                 state.scheduler.now(),
             )
             .await
-            .map_err(|e| {
-                tracing::error!(error = ?e, "widget slot read failed");
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "STORE_UNAVAILABLE",
-                    "try again",
-                )
-            })?;
+            .map_err(|e| unavailable("widget slot read", &e))?;
         let tz = call.tenant.time_zone;
         Ok(HttpResponse::Ok().json(json!({
             "slots": offered.iter().map(|o| slot_json(o, tz)).collect::<Vec<_>>()

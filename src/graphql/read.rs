@@ -83,6 +83,22 @@ pub(crate) fn page_size(first: Option<i32>) -> Result<usize> {
     }
 }
 
+/// A page of appointments sorted by start, with cursors `start|id`.
+fn appointments_page(
+    docs: Vec<AppointmentDoc>,
+    after: Option<&str>,
+    size: usize,
+) -> Result<Connection<String, PatientAppointment>> {
+    let cursor_of =
+        |d: &AppointmentDoc| format!("{}|{}", d.appointment.start.to_rfc3339(), d.appointment.id);
+    page_after(
+        docs.into_iter()
+            .map(|d| (cursor_of(&d), PatientAppointment(d))),
+        after,
+        size,
+    )
+}
+
 fn check_range(from: NaiveDate, to: NaiveDate) -> Result<()> {
     if to < from {
         return Err(invalid("to", "must not be before from"));
@@ -696,15 +712,7 @@ impl ReadQuery {
             )
             .await
             .map_err(view_error)?;
-        let cursor_of = |d: &AppointmentDoc| {
-            format!("{}|{}", d.appointment.start.to_rfc3339(), d.appointment.id)
-        };
-        page_after(
-            docs.into_iter()
-                .map(|d| (cursor_of(&d), PatientAppointment(d))),
-            after.as_deref(),
-            size,
-        )
+        appointments_page(docs, after.as_deref(), size)
     }
 
     /// A practitioner's appointments of every status (cancelled ones too)
@@ -752,15 +760,7 @@ impl ReadQuery {
             })
             .collect();
         docs.sort_by_key(|d| (d.appointment.start, d.appointment.id));
-        let cursor_of = |d: &AppointmentDoc| {
-            format!("{}|{}", d.appointment.start.to_rfc3339(), d.appointment.id)
-        };
-        page_after(
-            docs.into_iter()
-                .map(|d| (cursor_of(&d), PatientAppointment(d))),
-            after.as_deref(),
-            size,
-        )
+        appointments_page(docs, after.as_deref(), size)
     }
 
     /// Every event of an appointment with who, when, from where and why,

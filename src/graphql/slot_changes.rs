@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_graphql::{Context, ErrorExtensions, Result, SimpleObject, Subscription, ID};
+use buktor_domain::calendar::CalendarEvent;
 use buktor_domain::{PractitionerId, ServiceId, TenantId};
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -160,18 +161,12 @@ impl Watch {
             Trigger::Recheck => return self.changed_days().await,
             Trigger::Event(event) => (*event).map_err(live_error)?,
         };
-        if event.event_type == "SlotReserved" {
-            if let Some(at) = event
-                .payload
-                .get("expires_at")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-            {
-                self.lapses
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(at);
-                self.new_lapse.notify_one();
-            }
+        if let Some(at) = hold_ends(&event) {
+            self.lapses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(at);
+            self.new_lapse.notify_one();
         }
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).1 = event.position;
         let touched = self.touched(&event);
@@ -193,6 +188,18 @@ impl Watch {
             out.push(change);
         }
         Ok(out)
+    }
+}
+
+/// When the hold an event made lapses, if it made one: a lapse frees time
+/// without an event of its own, so a slot stream sets a timer for it.
+pub(crate) fn hold_ends(e: &RecordedEvent) -> Option<DateTime<Utc>> {
+    if e.event_type != "SlotReserved" {
+        return None;
+    }
+    match crate::app::decode_event::<CalendarEvent>(e) {
+        Ok(CalendarEvent::SlotReserved { reservation, .. }) => Some(reservation.expires_at),
+        _ => None,
     }
 }
 

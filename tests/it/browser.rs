@@ -27,8 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 
 use crate::server::{
-    days_ahead, iso, local, register_practitioner, set_up_hospital, Deployment, Hospital,
-    TestServer, EVERY_DAY, TIME_ZONE,
+    days_ahead, iso, local, register_practitioner, set_up_hospital, work_every_day, Deployment,
+    Hospital, TestServer, TIME_ZONE,
 };
 use crate::support::receiver::Receiver;
 
@@ -214,18 +214,7 @@ impl Site {
 async fn add_second_practitioner(site: &mut Site, server: &TestServer) {
     let admin = site.hospital.admin.clone();
     let grace = register_practitioner(server, &admin, "Dr. Grace Hopper").await;
-    server
-        .gql_ok(
-            &admin,
-            "mutation($p: ID!, $rules: [WeeklyRuleInput!]!) {
-               setWeeklyRules(practitionerId: $p, rules: $rules) { id }
-             }",
-            json!({"p": grace, "rules": [{
-                "weekdays": EVERY_DAY, "start": "08:00", "end": "17:00",
-                "gridMinutes": 15, "effectiveFrom": "2020-01-01",
-            }]}),
-        )
-        .await;
+    work_every_day(server, &admin, &grace, "08:00", "17:00").await;
     let data = server
         .gql_ok(
             &admin,

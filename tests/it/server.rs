@@ -867,23 +867,35 @@ impl TestServer {
     }
 }
 
+/// One weekly rule: every day from `start` to `end` (hospital time), on a
+/// 15-minute grid, since 2020.
+pub async fn work_every_day(
+    server: &TestServer,
+    admin: &str,
+    practitioner: &str,
+    start: &str,
+    end: &str,
+) {
+    server
+        .gql_ok(
+            admin,
+            "mutation($p: ID!, $rules: [WeeklyRuleInput!]!) {
+               setWeeklyRules(practitionerId: $p, rules: $rules) { id }
+             }",
+            json!({"p": practitioner, "rules": [{
+                "weekdays": EVERY_DAY, "start": start, "end": end,
+                "gridMinutes": 15, "effectiveFrom": "2020-01-01",
+            }]}),
+        )
+        .await;
+}
+
 /// Makes a tenant and admin key with the CLI, then the practitioner, the
 /// schedule and the services through GraphQL.
 pub async fn set_up_hospital(deployment: &Deployment, server: &TestServer, name: &str) -> Hospital {
     let (tenant, admin) = deployment.tenant_with_admin(name).await;
     let practitioner = register_practitioner(server, &admin, "Dr. Ada Lovelace").await;
-    server
-        .gql_ok(
-            &admin,
-            "mutation($p: ID!, $rules: [WeeklyRuleInput!]!) {
-               setWeeklyRules(practitionerId: $p, rules: $rules) { id }
-             }",
-            json!({"p": practitioner, "rules": [{
-                "weekdays": EVERY_DAY, "start": "00:00", "end": "23:45",
-                "gridMinutes": 15, "effectiveFrom": "2020-01-01",
-            }]}),
-        )
-        .await;
+    work_every_day(server, &admin, &practitioner, "00:00", "23:45").await;
     let checkup = define_service(server, &admin, &practitioner, "Check-up", 15, 0, 730).await;
     let consultation =
         define_service(server, &admin, &practitioner, "Consultation", 30, 60, 30).await;

@@ -370,8 +370,6 @@
 
   // A practitioner picker shared by the appointments and schedules screens;
   // the choice is remembered for the tab so moving between screens keeps it.
-  // A practitioner picker shared by the appointments and schedules screens;
-  // the choice is remembered for the tab so moving between screens keeps it.
   // The appointment list may also show a whole department (`dept:<name>`).
   async function practitionerSelect(onChange, withDepartments) {
     const list = await practitioners();
@@ -453,12 +451,14 @@
       // its working hours (the schedule) and every appointment of the period,
       // cancelled ones included (they left the agenda but not the list).
       const statusFilter = state.status ? [state.status] : null;
+      // The grid of the free times to drag onto, where they are shown.
+      const grid = ctx.write && !department && state.view === 'day';
       const agendas = await Promise.all(ids.map(async (id) => {
         const [schedule, booked] = await Promise.all([
-          gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String) {
+          gql(`query($id: ID!, $from: NaiveDate!, $to: NaiveDate!, $atLeast: String, $grid: Boolean!) {
             practitionerSchedule(id: $id, from: $from, to: $to, atLeast: $atLeast) { days { date working { start end } free { start end } } }
-            schedule(practitionerId: $id) { rules { gridMinutes } } }`,
-          { id, from, to, atLeast: atLeast || null }),
+            schedule(practitionerId: $id) @include(if: $grid) { rules { gridMinutes } } }`,
+          { id, from, to, atLeast: atLeast || null, grid }),
           practitionerAppointments(id, from, to, statusFilter, atLeast),
         ]);
         const grids = (schedule.schedule?.rules || []).map((r) => r.gridMinutes);
@@ -591,13 +591,17 @@
               const id = e.dataTransfer.getData(DRAG_TYPE) || dragged?.id;
               const who = dragged?.who || 'The appointment';
               dragged = null;
-              if (!id) return;
-              const r = await act(() => gql('mutation($id: ID!, $start: DateTime!) { r: rescheduleAppointment(id: $id, start: $start) { position } }',
-                { id, start: iso }), `${who} moved to ${fmtDateTime(iso)}.`);
-              if (r) load(r.r.position);
+              if (id) await reschedule(id, iso, who);
             } }, h('time', { datetime: iso }, fmtTime(iso)));
           return chip;
         })));
+    }
+
+    // Moves an appointment (by drag or by form) and shows the list after it.
+    async function reschedule(id, iso, who) {
+      const r = await act(() => gql('mutation($id: ID!, $start: DateTime!) { r: rescheduleAppointment(id: $id, start: $start) { position } }',
+        { id, start: iso }), `${who} moved to ${fmtDateTime(iso)}.`);
+      if (r) load(r.r.position);
     }
 
     function rowActions(b, status, who) {
@@ -625,9 +629,7 @@
           e.preventDefault();
           const start = zonedToInstant(input.value);
           if (!start) { showError(new ApiError('VALIDATION', 'Give a new date and time.')); input.focus(); return; }
-          const r = await act(() => gql('mutation($id: ID!, $start: DateTime!) { r: rescheduleAppointment(id: $id, start: $start) { position } }',
-            { id, start: start.toISOString() }), `${who} moved to ${fmtDateTime(start.toISOString())}.`);
-          if (r) load(r.r.position);
+          await reschedule(id, start.toISOString(), who);
         } }, field('New start', input), h('button', { type: 'submit', testid: 'reschedule-submit' }, 'Reschedule')));
       }
       if (cancelForm) box.append(cancelForm);
@@ -670,6 +672,8 @@
           down = !live;
         });
     }
+    // Polled even while live: working hours and free times change by
+    // schedule events, which the appointment subscription does not carry.
     const poll = setInterval(() => ctx.live() && load(), POLL_MS);
     cleanups.push(() => { clearInterval(poll); unsubscribe?.(); });
     await load();

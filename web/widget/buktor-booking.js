@@ -280,8 +280,12 @@
     const key = lang + JSON.stringify(opts);
     let f = formatters.get(key);
     if (!f) {
-      try { f = new Intl.DateTimeFormat(lang, opts); }
-      catch { f = new Intl.DateTimeFormat('en', { ...opts, timeZone: opts.timeZone === undefined ? undefined : 'UTC' }); }
+      // An unknown language falls back to English in the same zone; only a
+      // zone the browser does not know falls back to UTC.
+      try { f = new Intl.DateTimeFormat(lang, opts); } catch {
+        try { f = new Intl.DateTimeFormat('en', opts); }
+        catch { f = new Intl.DateTimeFormat('en', { ...opts, timeZone: opts.timeZone === undefined ? undefined : 'UTC' }); }
+      }
       formatters.set(key, f);
     }
     return f.format(date);
@@ -538,13 +542,17 @@
       this.slotDays = new Map();
       this.pickerBox.hidden = !this.slotParams();
       this.renderPicker();
-      if (await this.loadSlots()) this.startStream();
+      const run = (this.freshRun = {});
+      // A reload that overtook this one (a refused hold) still wants the
+      // stream; a later showSlotsFresh or stopStream does not.
+      if ((await this.loadSlots()) !== false && run === this.freshRun) this.startStream();
     }
 
     /**
      * Loads the slots of the current query with GET slots. Days the stream
      * replaced while the request was in flight keep the stream's (newer)
-     * version. Returns whether it worked.
+     * version. Returns whether it worked: true, false, or null when another
+     * load overtook it.
      */
     async loadSlots() {
       const params = this.slotParams();
@@ -555,7 +563,7 @@
       this.dayNote.textContent = this.t.loading;
       try {
         const answer = await this.api('GET', `slots?${params}`);
-        if (gen !== this.gen || load !== this.slotLoad) return false;
+        if (gen !== this.gen || load !== this.slotLoad) return null;
         const fresh = new Map();
         for (const s of answer.slots || []) {
           const key = `${s.practitionerId}|${this.slotDate(s)}`;
@@ -568,7 +576,8 @@
         this.renderPicker();
         return true;
       } catch (e) {
-        if (gen === this.gen && load === this.slotLoad) { this.touched = null; this.dayNote.textContent = ''; this.fail(e); }
+        if (gen !== this.gen || load !== this.slotLoad) return null;
+        this.touched = null; this.dayNote.textContent = ''; this.fail(e);
         return false;
       }
     }
@@ -612,6 +621,7 @@
     stopStream() {
       const run = this.streamRun;
       this.streamRun = null;
+      this.freshRun = null;
       if (run && run.ctl) run.ctl.abort();
     }
 

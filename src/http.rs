@@ -26,7 +26,7 @@ use crate::graphql::{BuktorSchema, RequestInfo};
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::projection::ReadSide;
-use crate::ratelimit::{Quota, RateLimiter};
+use crate::ratelimit::{Quota, RateLimited, RateLimiter};
 use crate::store::Store;
 
 /// Everything a request handler needs, shared by all workers.
@@ -391,6 +391,14 @@ async fn authenticate(
     state: &AppState,
     token: &str,
 ) -> Result<crate::auth::Principal, HttpResponse> {
+    authenticate_counted(state, token).await.map(|(p, _)| p)
+}
+
+/// [`authenticate`], and the caller's quota after counting this request.
+async fn authenticate_counted(
+    state: &AppState,
+    token: &str,
+) -> Result<(crate::auth::Principal, Quota), HttpResponse> {
     let principal = match state.auth.verify(token).await {
         Ok(p) => p,
         Err(AuthError::Store(e)) => {
@@ -403,17 +411,27 @@ async fn authenticate(
         }
         Err(e) => return Err(unauthorized(e)),
     };
-    let quota = state.limiter.check(principal.key_id);
-    if !quota.allowed {
-        state.metrics.rate_limited.inc();
-        let res = problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            format!("too many requests; retry in {} s", quota.reset_secs),
-        );
-        return Err(with_quota(res, &quota));
+    match state.limiter.admit(principal.key_id) {
+        Ok(quota) => Ok((principal, quota)),
+        Err(refused) => Err(too_many_requests(state, &refused)),
     }
-    Ok(principal)
+}
+
+/// The 429 of every surface: problem details with `Retry-After` and the
+/// `RateLimit-*` headers (FHIR and the widget API reshape the body and
+/// keep the headers).
+pub(crate) fn too_many_requests(state: &AppState, refused: &RateLimited) -> HttpResponse {
+    state.metrics.rate_limited.inc();
+    let mut res = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        format!(
+            "too many requests; retry in {} s",
+            refused.retry_after_secs()
+        ),
+    );
+    refused.apply(&mut res);
+    res
 }
 
 async fn graphiql() -> HttpResponse {
@@ -431,16 +449,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 fn with_quota(mut res: HttpResponse, q: &Quota) -> HttpResponse {
-    let h = res.headers_mut();
-    for (name, value) in [
-        ("ratelimit-limit", q.limit.to_string()),
-        ("ratelimit-remaining", q.remaining.to_string()),
-        ("ratelimit-reset", q.reset_secs.to_string()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    }
+    q.apply(&mut res);
     res
 }
 
@@ -478,31 +487,10 @@ async fn graphql(
     let Some(token) = bearer(&req) else {
         return unauthorized(AuthError::Missing);
     };
-    let principal = match state.auth.verify(token).await {
-        Ok(p) => p,
-        Err(AuthError::Store(e)) => {
-            tracing::error!(error = ?e, "authentication failed inside the server");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "STORE_UNAVAILABLE",
-                "try again",
-            );
-        }
-        Err(e) => return unauthorized(e),
+    let (principal, quota) = match authenticate_counted(&state, token).await {
+        Ok(admitted) => admitted,
+        Err(res) => return res,
     };
-    let quota = state.limiter.check(principal.key_id);
-    if !quota.allowed {
-        state.metrics.rate_limited.inc();
-        let mut res = problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            format!("too many requests; retry in {} s", quota.reset_secs),
-        );
-        if let Ok(v) = HeaderValue::from_str(&quota.reset_secs.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return with_quota(res, &quota);
-    }
     let body = match read_body(payload, state.max_body_bytes).await {
         Ok(b) => b,
         Err(res) => return with_quota(res, &quota),

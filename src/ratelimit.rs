@@ -1,9 +1,15 @@
 //! Per-API-key fixed-window rate limits. A window never outlasts its length,
 //! so a client over the limit waits at most `window` and is never locked out.
+//!
+//! A refusal ([`RateLimited`]) carries when to retry, and
+//! [`RateLimited::apply`] is the one place that writes `Retry-After` and the
+//! `RateLimit-*` headers, so every surface's 429 says the same.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::HttpResponse;
 use uuid::Uuid;
 
 pub struct RateLimiter {
@@ -22,6 +28,41 @@ pub struct Quota {
     pub allowed: bool,
 }
 
+/// A request refused for being over the limit: retry after `quota.reset_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    pub quota: Quota,
+}
+
+impl RateLimited {
+    /// Seconds until the window ends and the key may call again.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.quota.reset_secs
+    }
+
+    /// Writes `Retry-After` and the `RateLimit-*` headers on a 429.
+    pub fn apply(&self, res: &mut HttpResponse) {
+        self.quota.apply(res);
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
+    }
+}
+
+impl Quota {
+    /// Writes the `RateLimit-Limit`, `-Remaining` and `-Reset` headers
+    /// (draft-ietf-httpapi-ratelimit-headers, as seconds).
+    pub fn apply(&self, res: &mut HttpResponse) {
+        let h = res.headers_mut();
+        for (name, value) in [
+            ("ratelimit-limit", u64::from(self.limit)),
+            ("ratelimit-remaining", u64::from(self.remaining)),
+            ("ratelimit-reset", self.reset_secs),
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+}
+
 impl RateLimiter {
     pub fn new(limit: u32, window: Duration) -> Self {
         RateLimiter {
@@ -33,6 +74,16 @@ impl RateLimiter {
 
     pub fn check(&self, key: Uuid) -> Quota {
         self.check_at(key, Instant::now())
+    }
+
+    /// Counts one request of `key`: its quota, or the refusal when over the limit.
+    pub fn admit(&self, key: Uuid) -> Result<Quota, RateLimited> {
+        let quota = self.check(key);
+        if quota.allowed {
+            Ok(quota)
+        } else {
+            Err(RateLimited { quota })
+        }
     }
 
     fn check_at(&self, key: Uuid, now: Instant) -> Quota {

@@ -359,6 +359,14 @@ pub(crate) fn with_cors(res: &mut HttpResponse, origin: Option<&str>) {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
+    // Not CORS-safelisted: without this a widget on the hospital's site
+    // could not read when to retry a 429.
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset",
+        ),
+    );
 }
 
 /// Headers of every page Buktor lets a hospital frame: only its allowed

@@ -201,16 +201,8 @@ pub(super) async fn call(
                 &Uuid::NAMESPACE_OID,
                 format!("buktor/widget/{}/{ip}", tenant.id).as_bytes(),
             );
-            if !state.limiter.check(key).allowed {
-                state.metrics.rate_limited.inc();
-                return Err(fail(
-                    problem(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "RATE_LIMITED",
-                        "too many requests; try again in a minute",
-                    )
-                    .response(),
-                ));
+            if let Err(refused) = state.limiter.admit(key) {
+                return Err(fail(crate::http::too_many_requests(state, &refused)));
             }
             Who::Patient
         }
@@ -245,7 +237,17 @@ pub(super) async fn call(
                 .await
                 .map_err(|e| fail(token_problem(e).response()))?;
             match v.grant {
-                Grant::Manage { appointment } if v.tenant == tenant.id => Who::Manage(appointment),
+                Grant::Manage { appointment } if v.tenant == tenant.id => {
+                    // A manage link counts against its own limit, as a key would.
+                    let key = Uuid::new_v5(
+                        &Uuid::NAMESPACE_OID,
+                        format!("buktor/manage/{appointment}").as_bytes(),
+                    );
+                    if let Err(refused) = state.limiter.admit(key) {
+                        return Err(fail(crate::http::too_many_requests(state, &refused)));
+                    }
+                    Who::Manage(appointment)
+                }
                 _ => return Err(fail(token_problem(TokenError::Invalid).response())),
             }
         }

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use buktor_domain::TenantId;
 use hmac::{Hmac, Mac};
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue, MIME_VERSION_1_0};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -88,6 +88,10 @@ impl Mailer {
             // Stable per notification: a resend after a crash (see
             // docs/notifications.md) carries the same id.
             .message_id(Some(format!("<{}@buktor>", email.notification_id)))
+            // RFC 2045 §4: a message with MIME headers (Content-Type,
+            // Content-Transfer-Encoding) must say `MIME-Version: 1.0`;
+            // lettre adds it only for (multi|single)part bodies.
+            .header(MIME_VERSION_1_0)
             .header(ContentType::TEXT_PLAIN)
             .body(email.body.to_owned())
             .map_err(|e| SendError::Smtp(e.to_string()))?;

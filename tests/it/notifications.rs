@@ -824,3 +824,73 @@ async fn changes_sent_by_the_his_move_and_cancel_reminders_as_buktors_own_do() {
     })
     .await;
 }
+
+/// RFC 2045 §4: e-mails that carry `Content-Type` and
+/// `Content-Transfer-Encoding` must say `MIME-Version: 1.0` (strict mail
+/// gateways refuse them otherwise). Every message the real server sends to
+/// the SMTP sink, one from the default English template and one with
+/// non-ASCII text in the subject and body (encoded), is checked with an off-the-shelf RFC 5322 /
+/// MIME parser, and its decoded body is what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_emails_are_mime_messages_a_strict_parser_accepts() {
+    let sink = SmtpSink::start().await;
+    let deployment = Deployment::embedded();
+    let server = deployment
+        .start_with(options(t("2027-03-25T12:00:00Z"), &sink))
+        .await;
+    let h = set_up_hospital(&deployment, &server, "Mime Hospital").await;
+    configure(&server, &h.admin, None).await;
+    server
+        .gql_ok(
+            &h.admin,
+            SET_TEMPLATE,
+            json!({"input": {"kind": "BOOKED", "channel": "EMAIL", "language": "nl",
+                "subject": "Bevestiging — {{date}}", "body": "Beste {{patient_name}}, tot ziens om {{time}}. Groetjes, Zoë"}}),
+        )
+        .await;
+    let staff = deployment.create_api_key(&h.tenant, "staff").await;
+    server
+        .gql_ok(
+            &staff,
+            RECORD_CONTACT,
+            json!({"input": {"hisPatientId": "P-UTF8", "name": "Jürgen Ünal",
+                "email": "jurgen@example.org", "language": "nl"}}),
+        )
+        .await;
+    book_for(
+        &server,
+        &staff,
+        &h,
+        t("2027-03-29T08:00:00Z"),
+        json!({"hisPatientId": "P-ASCII", "name": "Ada", "email": "ada@example.org"}),
+    )
+    .await;
+    book_for(
+        &server,
+        &staff,
+        &h,
+        t("2027-03-29T09:00:00Z"),
+        json!({"hisPatientId": "P-UTF8", "name": "Jürgen Ünal", "email": "jurgen@example.org"}),
+    )
+    .await;
+    sink.wait_until(WAIT, "both booked e-mails", |m| m.len() >= 2)
+        .await;
+    let mails = sink.mails();
+    for mail in &mails {
+        let body = crate::support::smtp::check_strictly(&mail.raw)
+            .unwrap_or_else(|e| panic!("{e}:\n{}", mail.raw));
+        assert_eq!(mail.header("mime-version"), Some("1.0"));
+        assert_eq!(body.replace("\r\n", "\n").trim_end(), mail.body.trim_end());
+    }
+    let jurgen = sink.mails_to("jurgen@example.org");
+    assert_eq!(jurgen.len(), 1);
+    let body = crate::support::smtp::check_strictly(&jurgen[0].raw).unwrap();
+    assert!(
+        body.contains("Beste Jürgen Ünal") && body.contains("Zoë"),
+        "{body}"
+    );
+    assert!(
+        jurgen[0].header("content-transfer-encoding") != Some("7bit"),
+        "non-ASCII text is encoded"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use mailparse::MailHeaderMap;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -19,6 +20,8 @@ pub struct Mail {
     /// Header names lowercased, values unfolded (and `=?utf-8?b?…?=` decoded).
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The message exactly as sent in DATA (dot-stuffing undone), CRLFs kept.
+    pub raw: String,
 }
 
 impl Mail {
@@ -177,8 +180,8 @@ fn address(arg: &str) -> String {
     inner.trim().to_owned()
 }
 
-fn parse(from: &str, to: &[String], data: &str) -> Mail {
-    let data = data.replace("\r\n", "\n");
+fn parse(from: &str, to: &[String], raw: &str) -> Mail {
+    let data = raw.replace("\r\n", "\n");
     let (head, body) = data.split_once("\n\n").unwrap_or((&data, ""));
     let mut headers: Vec<(String, String)> = Vec::new();
     for line in head.lines() {
@@ -217,6 +220,7 @@ fn parse(from: &str, to: &[String], data: &str) -> Mail {
         to: to.to_vec(),
         headers,
         body: body.replace("\r\n", "\n"),
+        raw: raw.to_owned(),
     }
 }
 
@@ -260,4 +264,95 @@ fn decode_words(value: &str) -> String {
         }
     }
     out
+}
+
+/// Checks a message as a strict mail gateway would, with an off-the-shelf
+/// RFC 5322 / MIME parser (mailparse) rather than the sink's own reading,
+/// and answers its decoded text body. Beyond parsing, it holds the message
+/// to what that parser tolerates but the RFCs require:
+/// - RFC 5322 §2.1.1, §2.2: CRLF line ends only, lines of at most 998
+///   characters, header fields of US-ASCII (non-ASCII as RFC 2047 words);
+/// - RFC 5322 §3.6: exactly one `Date` and one `From`, at most one
+///   `Message-ID`, `Subject`, `To`;
+/// - RFC 2045 §4: a message with any `Content-*` header says
+///   `MIME-Version: 1.0`; §6.1: a known transfer encoding, and a `7bit`
+///   body is ASCII;
+/// - the text is `text/plain` in UTF-8.
+pub fn check_strictly(raw: &str) -> Result<String, String> {
+    for (i, line) in raw.split_inclusive('\n').enumerate() {
+        let Some(content) = line.strip_suffix("\r\n") else {
+            return Err(format!("line {} does not end with CRLF: {line:?}", i + 1));
+        };
+        if content.contains(['\r', '\n']) {
+            return Err(format!("line {} has a bare CR or LF", i + 1));
+        }
+        if content.len() > 998 {
+            return Err(format!("line {} is longer than 998 characters", i + 1));
+        }
+    }
+    let mail = mailparse::parse_mail(raw.as_bytes()).map_err(|e| format!("mailparse: {e}"))?;
+    let header_end = raw
+        .find("\r\n\r\n")
+        .ok_or("no empty line after the header")?;
+    if !raw[..header_end].is_ascii() {
+        return Err("the header has raw non-ASCII characters".into());
+    }
+    let count = |name: &str| mail.headers.get_all_headers(name).len();
+    for (name, min, max) in [
+        ("Date", 1, 1),
+        ("From", 1, 1),
+        ("Message-ID", 0, 1),
+        ("Subject", 0, 1),
+        ("To", 0, 1),
+        ("MIME-Version", 0, 1),
+        ("Content-Type", 0, 1),
+        ("Content-Transfer-Encoding", 0, 1),
+    ] {
+        let n = count(name);
+        if n < min || n > max {
+            return Err(format!(
+                "{n} {name} header fields (RFC 5322 §3.6 / RFC 2045)"
+            ));
+        }
+    }
+    let has_mime_headers = mail
+        .headers
+        .iter()
+        .any(|h| h.get_key().to_ascii_lowercase().starts_with("content-"));
+    let version = mail.headers.get_first_value("MIME-Version");
+    if has_mime_headers || version.is_some() {
+        // A comment may follow the version (RFC 2045 §4).
+        let v = version.ok_or("Content-* headers without MIME-Version (RFC 2045 §4)")?;
+        let bare: String = v
+            .split('(')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if bare != "1.0" {
+            return Err(format!("MIME-Version is {v:?}, not 1.0"));
+        }
+    }
+    let encoding = mail
+        .headers
+        .get_first_value("Content-Transfer-Encoding")
+        .unwrap_or_else(|| "7bit".into())
+        .trim()
+        .to_ascii_lowercase();
+    let body_start = header_end + 4;
+    match encoding.as_str() {
+        "7bit" if !raw[body_start..].is_ascii() => {
+            return Err("a 7bit body with non-ASCII bytes".into())
+        }
+        "7bit" | "8bit" | "binary" | "quoted-printable" | "base64" => {}
+        other => return Err(format!("unknown Content-Transfer-Encoding {other:?}")),
+    }
+    if mail.ctype.mimetype != "text/plain" || !mail.ctype.charset.eq_ignore_ascii_case("utf-8") {
+        return Err(format!(
+            "content type {} charset {}, not text/plain in UTF-8",
+            mail.ctype.mimetype, mail.ctype.charset
+        ));
+    }
+    mail.get_body()
+        .map_err(|e| format!("the body cannot be decoded: {e}"))
 }

@@ -332,8 +332,9 @@ pub fn cancel(
     id: AppointmentId,
     reason: Reason,
     cancelled_by: crate::appointment::CancelledBy,
+    reason_code: Option<crate::appointment::CancellationCode>,
 ) -> DomainResult<Decision> {
-    let event = appointment.cancel(id, reason, cancelled_by)?;
+    let event = appointment.cancel(id, reason, cancelled_by, reason_code)?;
     let current = appointment.get(id)?;
     let stream = calendar_stream(current.practitioner_id, current.calendar_day);
     let released = calendar.release(current.practitioner_id, id);

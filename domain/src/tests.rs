@@ -370,11 +370,19 @@ fn lifecycle_rules() {
     assert_eq!(code(checked_in.complete(id, tue(8, 55))), "NOT_STARTED_YET");
     assert!(checked_in.complete(id, tue(9, 25)).is_ok());
     assert_eq!(
-        code(checked_in.cancel(id, reason(), CancelledBy::Patient)),
+        code(checked_in.cancel(id, reason(), CancelledBy::Patient, None)),
         "INVALID_TRANSITION"
     );
     // Cancel frees the calendar; a cancelled appointment cannot be checked in.
-    let d = booking::cancel(&appointment, &calendar, id, reason(), CancelledBy::Patient).unwrap();
+    let d = booking::cancel(
+        &appointment,
+        &calendar,
+        id,
+        reason(),
+        CancelledBy::Patient,
+        None,
+    )
+    .unwrap();
     let mut freed = calendar.clone();
     for e in &d.calendar[0].1 {
         freed.apply(e);
@@ -386,7 +394,7 @@ fn lifecycle_rules() {
         "INVALID_TRANSITION"
     );
     assert_eq!(
-        code(cancelled.cancel(id, reason(), CancelledBy::Hospital)),
+        code(cancelled.cancel(id, reason(), CancelledBy::Hospital, None)),
         "INVALID_TRANSITION"
     );
     assert_eq!(

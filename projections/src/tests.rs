@@ -452,7 +452,7 @@ impl World {
             current.practitioner_id,
             current.calendar_day,
         ));
-        let decision = booking::cancel(&appointment, &calendar, id, reason(why), by)?;
+        let decision = booking::cancel(&appointment, &calendar, id, reason(why), by, None)?;
         self.commit(id, decision);
         Ok(())
     }
@@ -1447,6 +1447,7 @@ fn patient_history_tracks_each_appointment_through_its_lifecycle() {
             his_appointment_id: None,
             status: AppointmentStatus::Booked,
             cancellation: None,
+            cancellation_code: None,
         }
     );
     assert_eq!(read.appointment(other).position, "7.11");

@@ -1,7 +1,7 @@
 //! Every write the server offers. Each struct is what a client sends (already
 //! parsed into domain values); `decide` loads what the rule needs and returns
 //! the events.
-use buktor_domain::appointment::{Appointment, CancelledBy};
+use buktor_domain::appointment::{Appointment, CancellationCode, CancelledBy};
 use buktor_domain::booking::{
     self, stream_id, BookAppointment, BookingContext, RescheduleAppointment,
 };
@@ -543,6 +543,11 @@ pub struct Cancel {
     pub appointment_id: AppointmentId,
     pub reason: Reason,
     pub cancelled_by: CancelledBy,
+    /// The coded reason (FHIR `cancelationReason`); left out of the
+    /// serialized command when absent, so idempotency fingerprints of
+    /// commands without one are what they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<CancellationCode>,
 }
 command!(Cancel, "cancelAppointment", books_or_patient, cancel);
 
@@ -567,6 +572,7 @@ impl Cancel {
             id,
             self.reason.clone(),
             self.cancelled_by,
+            self.reason_code,
         )?;
         let mut streams = Vec::new();
         for (stream, events) in decision.calendar {

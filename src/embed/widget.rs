@@ -953,6 +953,7 @@ async fn manage_cancel(
                     appointment_id: id,
                     reason,
                     cancelled_by: CancelledBy::Patient,
+                    reason_code: None,
                 },
             )
             .await

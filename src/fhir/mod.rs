@@ -18,7 +18,9 @@ use std::time::Duration;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use buktor_domain::appointment::{AppointmentStatus, BookedAppointment, CancelledBy};
+use buktor_domain::appointment::{
+    AppointmentStatus, BookedAppointment, CancellationCode, CANCELLATION_CODE_SYSTEM,
+};
 use buktor_domain::practitioner::RegisteredPractitioner;
 use buktor_domain::service::DefinedService;
 use buktor_domain::values::{Name, PatientRef, Reason, ShortText};
@@ -104,6 +106,17 @@ impl Outcome {
             StatusCode::UNPROCESSABLE_ENTITY,
             "not-supported",
             "UNSUPPORTED",
+            diagnostics,
+        )
+    }
+
+    /// A code of a code system Buktor knows that the system does not
+    /// define: 422, naming the code.
+    fn unknown_code(diagnostics: String) -> Self {
+        Outcome::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "code-invalid",
+            "UNKNOWN_CODE",
             diagnostics,
         )
     }
@@ -1066,18 +1079,14 @@ async fn update(
                 .await?,
         ),
         (AppointmentStatus::Cancelled, false) => {
+            let code = cancellation_code_of(&r)?;
+            // The text, else the code's display, else a fixed phrase: the
+            // domain keeps a reason with every cancellation.
             let reason = r
                 .pointer("/cancelationReason/text")
                 .and_then(Value::as_str)
+                .or(code.map(CancellationCode::display))
                 .unwrap_or("cancelled through FHIR");
-            let cancelled_by = match r
-                .pointer("/cancelationReason/coding/0/code")
-                .and_then(Value::as_str)
-            {
-                Some("pat") => CancelledBy::Patient,
-                Some("prov") => CancelledBy::Practitioner,
-                _ => CancelledBy::Hospital,
-            };
             Some(
                 state
                     .scheduler
@@ -1086,7 +1095,13 @@ async fn update(
                         &Cancel {
                             appointment_id: id,
                             reason: Reason::parse("cancelationReason.text", reason)?,
-                            cancelled_by,
+                            // Who asked follows from the code's branch; a
+                            // cancellation without a code is the hospital's.
+                            cancelled_by: code.map_or(
+                                buktor_domain::appointment::CancelledBy::Hospital,
+                                CancellationCode::cancelled_by,
+                            ),
+                            reason_code: code,
                         },
                     )
                     .await?,
@@ -1133,6 +1148,55 @@ async fn update(
         .await?
         .ok_or_else(|| Outcome::not_found("Appointment", path))?;
     Ok(ok(resource))
+}
+
+/// The coded reason of a cancelling update: the codings of
+/// `cancelationReason` from HL7's appointment-cancellation-reason system
+/// (or, as before that system was read, without a system but with one of
+/// its codes). Codings of other systems are left aside. A code of that
+/// system that it does not define is 422 `UNKNOWN_CODE`; two different
+/// codes of it are 400.
+fn cancellation_code_of(r: &Value) -> Result<Option<CancellationCode>, Outcome> {
+    let Some(concept) = r.get("cancelationReason") else {
+        return Ok(None);
+    };
+    let codings = match concept.get("coding") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(codings)) => codings,
+        Some(_) => {
+            return Err(Outcome::invalid(
+                "cancelationReason.coding must be an array of Codings".into(),
+            ))
+        }
+    };
+    let mut found: Option<CancellationCode> = None;
+    for (i, coding) in codings.iter().enumerate() {
+        let system = coding.get("system").and_then(Value::as_str);
+        let Some(code) = coding.get("code").and_then(Value::as_str) else {
+            continue;
+        };
+        let parsed = match system {
+            Some(CANCELLATION_CODE_SYSTEM) => Some(CancellationCode::parse(code).ok_or_else(|| {
+                Outcome::unknown_code(format!(
+                    "cancelationReason.coding[{i}]: `{code}` is not a code of {CANCELLATION_CODE_SYSTEM}"
+                ))
+            })?),
+            None => CancellationCode::parse(code),
+            Some(_) => None,
+        };
+        match (found, parsed) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Outcome::invalid(format!(
+                "cancelationReason: give one code of {CANCELLATION_CODE_SYSTEM}, not `{}` and `{}`",
+                a.as_str(),
+                b.as_str()
+            )))
+            }
+            (None, Some(b)) => found = Some(b),
+            _ => {}
+        }
+    }
+    Ok(found)
 }
 
 // --- Practitioner and Schedule -------------------------------------------------------

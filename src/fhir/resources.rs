@@ -4,7 +4,7 @@ use base64::alphabet::Alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use buktor_domain::appointment::{AppointmentStatus, BookedAppointment};
+use buktor_domain::appointment::{AppointmentStatus, BookedAppointment, CANCELLATION_CODE_SYSTEM};
 use buktor_domain::practitioner::RegisteredPractitioner;
 use buktor_domain::service::DefinedService;
 use buktor_domain::PractitionerId;
@@ -168,7 +168,15 @@ pub fn appointment(
     }
     if a.status == AppointmentStatus::Cancelled {
         if let Some((reason, _)) = &a.cancellation {
-            r["cancelationReason"] = json!({"text": reason.as_str()});
+            let mut concept = json!({"text": reason.as_str()});
+            if let Some(code) = a.cancellation_code {
+                concept["coding"] = json!([{
+                    "system": CANCELLATION_CODE_SYSTEM,
+                    "code": code.as_str(),
+                    "display": code.display(),
+                }]);
+            }
+            r["cancelationReason"] = concept;
         }
     }
     r

@@ -432,6 +432,7 @@ impl CoreMutation {
             appointment_id: parse_id("id", &id)?,
             reason: parse_reason("reason", &reason)?,
             cancelled_by: cancelled_by.into(),
+            reason_code: None,
         };
         let c = command_context(ctx, idempotency_key)?;
         done(scheduler(ctx).cancel(&c, &cmd)).await

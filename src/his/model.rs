@@ -550,6 +550,7 @@ impl CancelBody {
                     CancelledByBody::Practitioner => CancelledBy::Practitioner,
                     CancelledByBody::Hospital => CancelledBy::Hospital,
                 },
+                reason_code: None,
             },
             his_id,
             overriding: None,

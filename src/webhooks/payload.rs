@@ -410,6 +410,8 @@ impl PayloadBuilder {
             "cancellation": a.cancellation.as_ref().map(|(reason, by)| json!({
                 "reason": reason.as_str(),
                 "cancelledBy": serde_json::to_value(by).unwrap_or_default(),
+                // A code of HL7's appointment-cancellation-reason system, when given.
+                "code": a.cancellation_code.map(|c| c.as_str()),
             })),
             "previous": previous,
             "patient": {

@@ -1160,3 +1160,148 @@ async fn fhir_searches_page_with_links_and_include_what_they_reference() {
         assert_eq!((a.status, code(&a)), (400, "INVALID_INPUT"), "{q}");
     }
 }
+
+const CANCELLATION_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason";
+
+/// `cancelationReason` codings from HL7's appointment-cancellation-reason
+/// code system: the code is kept through a round trip (the update's answer
+/// and a later read, both valid R4 for fhirbolt), who cancelled follows the
+/// code's branch (`pat-*` the patient, `prov-*` the practitioner, the rest
+/// the hospital), codings of other systems are ignored, and an unknown code
+/// of the system is 422 `UNKNOWN_CODE` that cancels nothing.
+#[tokio::test]
+async fn fhir_cancellation_reasons_keep_their_code_and_say_who_cancelled_from_its_branch() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Cancellation Codes").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let day = days_ahead(5);
+    let sys = CANCELLATION_SYSTEM;
+    let cancel = |current: &Value, reason: Value| {
+        let mut body = current.clone();
+        body["status"] = json!("cancelled");
+        body["cancelationReason"] = reason;
+        body
+    };
+    let cases = [
+        (
+            "pat-swl",
+            true,
+            "PATIENT",
+            Some("found an earlier slot"),
+            "Patient: Scheduled from Wait List",
+        ),
+        (
+            "pat-crs",
+            true,
+            "PATIENT",
+            None,
+            "Patient: Canceled via automated reminder system",
+        ),
+        (
+            "prov-pers",
+            true,
+            "PRACTITIONER",
+            None,
+            "Provider: Personal",
+        ),
+        ("prov", true, "PRACTITIONER", None, "Provider"),
+        ("oth-weath", true, "HOSPITAL", None, "Other: Weather"),
+        (
+            "maint",
+            true,
+            "HOSPITAL",
+            None,
+            "Equipment Maintenance/Repair",
+        ),
+        // The form Buktor read before: a bare code without a system.
+        ("pat", false, "PATIENT", Some("ill"), "Patient"),
+    ];
+    for (i, (code, with_system, by, text, display)) in cases.into_iter().enumerate() {
+        let id = book_for(
+            &server,
+            &h,
+            local(day, 8 + i as u32, 0),
+            &format!("P-C{i}"),
+            "Ada",
+        )
+        .await;
+        let current = fhir.ok(key, &format!("/Appointment/{id}")).await;
+        let mut coding = json!({"code": code});
+        if with_system {
+            coding["system"] = json!(sys);
+        }
+        let mut reason =
+            json!({"coding": [{"system": "http://example.org/local", "code": "X9"}, coding]});
+        if let Some(text) = text {
+            reason["text"] = json!(text);
+        }
+        let done = fhir.put(key, &id, &cancel(&current, reason)).await;
+        assert_eq!(done.status, 200, "{code}: {}", done.body);
+        let read = fhir.ok(key, &format!("/Appointment/{id}")).await;
+        for r in [&done.body, &read] {
+            assert_eq!(r["status"], "cancelled");
+            assert_eq!(
+                r["cancelationReason"]["coding"],
+                json!([{"system": sys, "code": code, "display": display}]),
+                "{code}"
+            );
+            // Without a text, the code's display is the reason.
+            assert_eq!(r["cancelationReason"]["text"], text.unwrap_or(display));
+        }
+        let g = server
+            .gql_ok(
+                key,
+                "query($id: ID!) { appointment(id: $id) { cancellation { reason cancelledBy } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(
+            g["appointment"]["cancellation"]["cancelledBy"], by,
+            "{code}"
+        );
+    }
+
+    // Unknown codes of the system, and two different ones, change nothing.
+    let id = book_for(&server, &h, local(day, 20, 0), "P-BAD", "Ada").await;
+    let current = fhir.ok(key, &format!("/Appointment/{id}")).await;
+    for (reason, status, error) in [
+        (
+            json!({"coding": [{"system": sys, "code": "pat-xyz"}]}),
+            422,
+            "UNKNOWN_CODE",
+        ),
+        (
+            json!({"coding": [{"system": sys, "code": "PAT"}]}),
+            422,
+            "UNKNOWN_CODE",
+        ),
+        (
+            json!({"coding": [{"system": sys, "code": "pat"}, {"system": sys, "code": "prov"}]}),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            json!({"coding": {"system": sys, "code": "pat"}}),
+            400,
+            "INVALID_INPUT",
+        ),
+    ] {
+        let refused = fhir.put(key, &id, &cancel(&current, reason.clone())).await;
+        assert_eq!(refused.status, status, "{reason}: {}", refused.body);
+        assert_eq!(code(&refused), error, "{reason}");
+        assert_eq!(
+            fhir.ok(key, &format!("/Appointment/{id}")).await["status"],
+            "booked",
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        deployment
+            .count_events(&h.tenant, "AppointmentCancelled")
+            .await,
+        cases.len() as i64
+    );
+}

@@ -326,6 +326,8 @@ struct Appointment {
     time_zone: Tz,
     sent_at: DateTime<Utc>,
     id: String,
+    /// The HIS's own id (`hisId`), when the HIS created the appointment.
+    his_id: Option<String>,
     status: FillerStatus,
     start: DateTime<Tz>,
     end: DateTime<Tz>,
@@ -333,6 +335,8 @@ struct Appointment {
     note: Option<String>,
     cancellation: Option<view::Cancellation>,
     previous_start: Option<DateTime<Tz>>,
+    /// On a reschedule that changed the practitioner: the one it left.
+    previous_practitioner: Option<view::Practitioner>,
     actor: Option<String>,
     patient: view::Patient,
     practitioner: view::Practitioner,
@@ -379,6 +383,9 @@ mod view {
     #[serde(rename_all = "camelCase")]
     pub struct Appointment {
         pub id: String,
+        /// Added to payload version 1 later: absent from older bodies.
+        #[serde(default)]
+        pub his_id: Option<String>,
         pub status: String,
         pub local_start: DateTime<FixedOffset>,
         pub local_end: DateTime<FixedOffset>,
@@ -398,8 +405,13 @@ mod view {
     }
 
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct Previous {
         pub start: Option<DateTime<Utc>>,
+        pub practitioner_id: Option<String>,
+        /// The whole previous practitioner; older bodies carry only the id.
+        #[serde(default)]
+        pub practitioner: Option<Practitioner>,
     }
 
     #[derive(Deserialize)]
@@ -463,20 +475,42 @@ impl Appointment {
                 a.local_end, a.local_start
             )));
         }
+        let (previous_start, previous_practitioner) = match a.previous {
+            Some(p) => {
+                let id = p
+                    .practitioner
+                    .as_ref()
+                    .map(|p| p.id.clone())
+                    .or(p.practitioner_id);
+                // Only a move to another practitioner names the old one.
+                let moved = id.filter(|id| !id.is_empty() && *id != a.practitioner.id);
+                let practitioner = moved.map(|id| match p.practitioner {
+                    Some(known) if known.id == id => known,
+                    _ => view::Practitioner {
+                        id,
+                        external_id: None,
+                        name: None,
+                        specialty: None,
+                        department: None,
+                    },
+                });
+                (p.start.map(|s| s.with_timezone(&time_zone)), practitioner)
+            }
+            None => (None, None),
+        };
         Ok(Appointment {
             time_zone,
             sent_at: body.timestamp.unwrap_or(received_at),
             id: a.id,
+            his_id: a.his_id.filter(|h| !h.trim().is_empty()),
             status,
             start,
             end,
             minutes,
             note: a.note.filter(|n| !n.trim().is_empty()),
             cancellation: a.cancellation,
-            previous_start: a
-                .previous
-                .and_then(|p| p.start)
-                .map(|s| s.with_timezone(&time_zone)),
+            previous_start,
+            previous_practitioner,
             actor: body
                 .data
                 .event
@@ -617,9 +651,15 @@ fn render(
         .field(12, VERSION)
         .field(18, "UNICODE UTF-8")];
 
-    // The appointment id is both the placer's and the filler's: Buktor is
-    // the system that takes the booking and the one that keeps the slot.
-    let appointment_id = components(&[text(&a.id), local_ns.clone()]);
+    // SCH-1, the placer's id: the HIS's own when the HIS placed the
+    // appointment (through /his/v1), so it can match the message to its
+    // record; else Buktor's, which then both placed it and fills it.
+    // SCH-2, the filler's id: always Buktor's, which keeps the slot.
+    let filler_id = components(&[text(&a.id), local_ns.clone()]);
+    let placer_id = match &a.his_id {
+        Some(his_id) => components(&[text(his_id), text(his)]),
+        None => filler_id.clone(),
+    };
     let event_reason = event_reason(trigger, event_type, a);
     // SCH-16 and SCH-20 are required: who made the change, or Buktor itself
     // for a body without an actor.
@@ -631,8 +671,8 @@ fn render(
     };
     segments.push(
         Segment::new("SCH")
-            .field(1, appointment_id.clone())
-            .field(2, appointment_id)
+            .field(1, placer_id)
+            .field(2, filler_id)
             .field(6, event_reason)
             .field(
                 7,
@@ -742,27 +782,24 @@ fn render(
         );
     }
 
-    let p = &a.practitioner;
-    let (person_id, authority) = match &p.external_id {
-        Some(external) => (external.as_str(), his.as_str()),
-        None => (p.id.as_str(), header.sending_application.as_str()),
-    };
-    let mut person = vec![String::new(); 10];
-    person[0] = text(person_id);
-    person[1] = text(opt(&p.name));
-    person[8] = text(authority);
-    person[9] = if p.name.is_some() {
-        "D".into()
-    } else {
-        String::new()
-    };
+    // A move to another practitioner says so (HL7 table 0206): `D` deletes
+    // the practitioner the appointment left, at its old time, and `A` adds
+    // the new one; `U` would leave the old one booked at the receiver.
+    let mut set_id = 1;
+    let mut current_action = action;
+    if let Some(old) = &a.previous_practitioner {
+        let old_start = a.previous_start.as_ref().map(dtm).unwrap_or_default();
+        segments.push(
+            personnel(old, header, set_id, "D")
+                .field(6, old_start)
+                .field(9, minutes.clone())
+                .field(10, minute_units.clone()),
+        );
+        set_id += 1;
+        current_action = "A";
+    }
     segments.push(
-        Segment::new("AIP")
-            .field(1, "1")
-            .field(2, action)
-            .field(3, components(&person))
-            .field(4, components(&[String::new(), text(opt(&p.specialty))]))
-            .field(5, components(&[String::new(), text(opt(&p.department))]))
+        personnel(&a.practitioner, header, set_id, current_action)
             .field(6, start)
             .field(9, minutes)
             .field(10, minute_units)
@@ -774,6 +811,32 @@ fn render(
         segment.render(&mut out);
     }
     out
+}
+
+/// AIP-1 to AIP-5 for a practitioner: the HIS's external id (authority
+/// `receiving_application`) or Buktor's id (authority
+/// `sending_application`), the name as a display name, specialty and
+/// department as text.
+fn personnel(p: &view::Practitioner, header: &Header, set_id: usize, action: &str) -> Segment {
+    let (person_id, authority) = match &p.external_id {
+        Some(external) => (external.as_str(), header.receiving_application.as_str()),
+        None => (p.id.as_str(), header.sending_application.as_str()),
+    };
+    let mut person = vec![String::new(); 10];
+    person[0] = text(person_id);
+    person[1] = text(opt(&p.name));
+    person[8] = text(authority);
+    person[9] = if p.name.is_some() {
+        "D".into()
+    } else {
+        String::new()
+    };
+    Segment::new("AIP")
+        .field(1, set_id.to_string())
+        .field(2, action)
+        .field(3, components(&person))
+        .field(4, components(&[String::new(), text(opt(&p.specialty))]))
+        .field(5, components(&[String::new(), text(opt(&p.department))]))
 }
 
 /// AIS-3 and SCH-7: the HIS's code for the service when it has one, with
@@ -1039,6 +1102,68 @@ mod tests {
             "SCH-16 is required: Buktor itself"
         );
         assert_eq!(sch[20], sch[16]);
+    }
+
+    #[test]
+    fn the_placer_id_is_the_his_id_when_the_his_placed_the_appointment() {
+        let siu = build(
+            &header(),
+            &stored("appointment.booked", body("appointment.booked", "booked")),
+        )
+        .unwrap();
+        let sch = segment(&siu.text, "SCH");
+        assert_eq!((sch[1], sch[2]), ("a1^BUKTOR", "a1^BUKTOR"));
+        let mut b = body("appointment.booked", "booked");
+        b["data"]["appointment"]["hisId"] = json!("HIS-APPT-7|x");
+        let siu = build(&header(), &stored("appointment.booked", b)).unwrap();
+        let sch = segment(&siu.text, "SCH");
+        assert_eq!(
+            sch[1], r"HIS-APPT-7\F\x^HIS",
+            "SCH-1: the HIS's id, its namespace"
+        );
+        assert_eq!(sch[2], "a1^BUKTOR", "SCH-2: Buktor's id");
+    }
+
+    #[test]
+    fn a_move_to_another_practitioner_deletes_the_old_and_adds_the_new() {
+        let mut b = body("appointment.rescheduled", "booked");
+        b["data"]["appointment"]["previous"] = json!({
+            "practitionerId": "p0", "start": "2026-07-02T06:00:00Z",
+            "practitioner": { "id": "p0", "externalId": "DOC-0", "name": "Dr. Old",
+                "specialty": null, "department": null, "location": null },
+        });
+        let siu = build(&header(), &stored("appointment.rescheduled", b)).unwrap();
+        let aips: Vec<Vec<&str>> = siu
+            .text
+            .split_terminator('\r')
+            .filter(|s| s.starts_with("AIP"))
+            .map(|s| s.split('|').collect())
+            .collect();
+        assert_eq!(aips.len(), 2, "{}", siu.text);
+        assert_eq!((aips[0][1], aips[0][2]), ("1", "D"));
+        assert_eq!(aips[0][3], "DOC-0^Dr. Old^^^^^^^HIS^D");
+        assert_eq!(aips[0][6], "20260702080000+0200", "the old start");
+        assert_eq!((aips[1][1], aips[1][2]), ("2", "A"));
+        assert!(aips[1][3].starts_with("p1^"), "{}", aips[1][3]);
+        assert_eq!(aips[1][12], "Booked^Booked^HL70278");
+
+        // An older body names only the id; the same practitioner is a `U`.
+        let mut b = body("appointment.rescheduled", "booked");
+        b["data"]["appointment"]["previous"] =
+            json!({ "practitionerId": "p0", "start": "2026-07-02T06:00:00Z" });
+        let siu = build(&header(), &stored("appointment.rescheduled", b)).unwrap();
+        assert!(
+            siu.text.contains("AIP|1|D|p0^^^^^^^^BUKTOR|"),
+            "{}",
+            siu.text
+        );
+        let mut b = body("appointment.rescheduled", "booked");
+        b["data"]["appointment"]["previous"] =
+            json!({ "practitionerId": "p1", "start": "2026-07-02T06:00:00Z" });
+        let siu = build(&header(), &stored("appointment.rescheduled", b)).unwrap();
+        let aip = segment(&siu.text, "AIP");
+        assert_eq!((aip[1], aip[2]), ("1", "U"));
+        assert_eq!(siu.text.matches("AIP|").count(), 1);
     }
 
     #[test]

@@ -227,10 +227,18 @@ impl PayloadBuilder {
                         previous_practitioner_id,
                         previous_start,
                         ..
-                    } => json!({
-                        "practitionerId": previous_practitioner_id.to_string(),
-                        "start": time(previous_start),
-                    }),
+                    } => {
+                        // The practitioner as a whole (external id, name), so
+                        // a HIS can say which resource the appointment left
+                        // (HL7 AIP action `D`) without calling back.
+                        let id = previous_practitioner_id.as_uuid();
+                        let practitioner = self.practitioner_json(store, id).await?;
+                        json!({
+                            "practitionerId": id.to_string(),
+                            "practitioner": practitioner,
+                            "start": time(previous_start),
+                        })
+                    }
                     _ => Value::Null,
                 };
                 practitioners.push(state.practitioner_id.as_uuid());
@@ -399,6 +407,9 @@ impl PayloadBuilder {
         let tz = self.time_zone;
         Ok(json!({
             "id": a.id.to_string(),
+            // The HIS's own id, when the HIS created the appointment
+            // through /his/v1; `null` for Buktor's own bookings.
+            "hisId": a.his_appointment_id.as_ref().map(|h| h.as_str()),
             "version": version,
             "status": a.status.as_str(),
             "start": time(a.start),

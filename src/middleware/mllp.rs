@@ -8,8 +8,18 @@
 //!
 //! Messages go out in original acknowledgment mode (MSH-15 and MSH-16 left
 //! empty), so a receiver answers `AA`, `AE` or `AR`. A receiver that answers
-//! in enhanced mode anyway is understood too: `CA` (it has committed the
-//! message) counts as accepted, `CE` and `CR` as rejected.
+//! in enhanced mode anyway is understood too, but a `CA` (commit accept)
+//! only says it has *stored* the message, not that its application took
+//! it: after a `CA` the client waits, on the same connection and for
+//! another `ack_timeout`, for the application ACK (`AA`, `AE`, `AR`), and
+//! only an `AA` is success. No application ACK in time is a timeout
+//! (retried); `CE` and `CR` are rejections. If that application ACK asks
+//! for an accept acknowledgment (its MSH-15 is `AL` or `SU`), the client
+//! answers it with a `CA` before closing.
+//!
+//! Whatever the peer sends, reading is bounded: one frame of at most
+//! [`MAX_ACK_BYTES`], two frames at most, each within `ack_timeout`, and
+//! [`parse_ack`] reads any bytes without panicking.
 
 use std::fmt;
 use std::io;
@@ -29,7 +39,7 @@ pub const END_BLOCK: u8 = 0x1C;
 pub const CARRIAGE_RETURN: u8 = 0x0D;
 
 /// An ACK larger than this is not an ACK.
-const MAX_ACK_BYTES: usize = 1024 * 1024;
+pub const MAX_ACK_BYTES: usize = 1024 * 1024;
 
 /// The `[hl7]` section of the middleware's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,8 +181,15 @@ impl AckCode {
         }
     }
 
+    /// `AA` or `CA`: accepted at its level (application or commit).
     pub fn is_accept(self) -> bool {
         matches!(self, AckCode::AA | AckCode::CA)
+    }
+
+    /// An enhanced-mode commit acknowledgment (`CA`, `CE`, `CR`): about
+    /// storing the message, not about what the application made of it.
+    pub fn is_commit(self) -> bool {
+        matches!(self, AckCode::CA | AckCode::CE | AckCode::CR)
     }
 }
 
@@ -185,8 +202,10 @@ impl fmt::Display for AckCode {
 /// An accepting ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
-    /// `AA` or `CA`.
+    /// `AA` (from [`send`] always; [`check_ack`] also answers a `CA`).
     pub code: AckCode,
+    /// Whether a `CA` (enhanced mode) came before this application ACK.
+    pub committed_first: bool,
     /// MSA-2, equal to the control id sent.
     pub control_id: String,
     /// MSA-3 or the ERR segment's text, if the receiver said anything.
@@ -200,6 +219,8 @@ pub struct Ack {
 pub enum Phase {
     Connect,
     Ack,
+    /// The application ACK an enhanced-mode receiver owes after its `CA`.
+    ApplicationAck,
 }
 
 impl fmt::Display for Phase {
@@ -207,6 +228,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Connect => "connection",
             Phase::Ack => "ACK",
+            Phase::ApplicationAck => "application ACK after the commit accept",
         })
     }
 }
@@ -235,7 +257,8 @@ pub enum Hl7Error {
     /// it will never take, and an operator reads `text` in the log.
     #[error("the HL7 receiver answered {code}: {text}")]
     Rejected { code: AckCode, text: String },
-    /// No connection or no ACK in time. Retryable.
+    /// No connection, no ACK, or (after a `CA`) no application ACK in
+    /// time. Retryable.
     #[error("no {phase} within {} ms", after.as_millis())]
     Timeout { phase: Phase, after: Duration },
     /// Connecting, writing or reading failed. Retryable.
@@ -297,37 +320,98 @@ pub async fn forward(config: &Hl7Config, message: &StoredMessage) -> Result<Ack,
     result
 }
 
-/// Sends one already-built message and checks its ACK against `control_id`.
+/// Sends one already-built message and checks its ACK against `control_id`:
+/// `Ok` only for an application accept (`AA`), directly or after a `CA`.
 pub async fn send(config: &Hl7Config, text: &str, control_id: &str) -> Result<Ack, Hl7Error> {
     let address = (config.host.as_str(), config.port);
-    let mut stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
+    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
         .await
         .map_err(|_| Hl7Error::Timeout {
             phase: Phase::Connect,
             after: config.connect_timeout,
         })?
         .map_err(Hl7Error::Connection)?;
-    let exchange = async {
-        stream.write_all(&frame(text)).await?;
-        stream.flush().await?;
-        read_frame(&mut stream).await
-    };
-    let answer = tokio::time::timeout(config.ack_timeout, exchange)
-        .await
-        .map_err(|_| Hl7Error::Timeout {
-            phase: Phase::Ack,
-            after: config.ack_timeout,
-        })?;
-    let bytes = match answer {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(Hl7Error::BadAck(e.to_string()))
-        }
-        Err(e) => return Err(Hl7Error::Connection(e)),
-    };
+    let mut conn = Connection::new(stream);
+    let result = exchange(config, &mut conn, text, control_id).await;
     // The exchange is over; a failing close changes nothing.
-    let _ = stream.shutdown().await;
-    check_ack(&String::from_utf8_lossy(&bytes), control_id)
+    let _ = conn.stream.shutdown().await;
+    result
+}
+
+async fn exchange(
+    config: &Hl7Config,
+    conn: &mut Connection,
+    text: &str,
+    control_id: &str,
+) -> Result<Ack, Hl7Error> {
+    let timeout = |phase| Hl7Error::Timeout {
+        phase,
+        after: config.ack_timeout,
+    };
+    let first = tokio::time::timeout(config.ack_timeout, async {
+        conn.stream.write_all(&frame(text)).await?;
+        conn.stream.flush().await?;
+        conn.read_frame().await
+    })
+    .await
+    .map_err(|_| timeout(Phase::Ack))?
+    .map_err(io_error)?;
+    let ack = check_ack(&String::from_utf8_lossy(&first), control_id)?;
+    if ack.code != AckCode::CA {
+        return Ok(ack);
+    }
+    // Enhanced mode: the CA says the message is stored; what the
+    // application makes of it comes in a second ACK.
+    let second = tokio::time::timeout(config.ack_timeout, conn.read_frame())
+        .await
+        .map_err(|_| timeout(Phase::ApplicationAck))?
+        .map_err(io_error)?;
+    let parsed = parse_ack(&second)?;
+    if parsed.code.is_commit() {
+        return Err(Hl7Error::BadAck(format!(
+            "a second commit ACK ({}) where the application ACK was due",
+            parsed.code
+        )));
+    }
+    if matches!(parsed.accept_ack_type.as_str(), "AL" | "SU") {
+        // The application ACK is a message of its own and asked for a
+        // commit accept: we have it, whatever it says. Failing to send the
+        // CA changes nothing here; the peer may send its ACK again.
+        let commit = commit_accept(config, &parsed);
+        let _ = tokio::time::timeout(config.ack_timeout, async {
+            conn.stream.write_all(&frame(&commit)).await?;
+            conn.stream.flush().await
+        })
+        .await;
+    }
+    let mut ack = check_parsed(parsed, control_id)?;
+    ack.committed_first = true;
+    Ok(ack)
+}
+
+fn io_error(e: io::Error) -> Hl7Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Hl7Error::BadAck(e.to_string())
+    } else {
+        Hl7Error::Connection(e)
+    }
+}
+
+/// Our `CA` for an application ACK that asked for one.
+fn commit_accept(config: &Hl7Config, ack: &ParsedAck) -> String {
+    let d = Delimiters::STANDARD;
+    let now = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
+    format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{now}||ACK^^ACK|{}|{}|{}\rMSA|CA|{}\r",
+        d.escape(&config.sending_application),
+        d.escape(&config.sending_facility),
+        d.escape(&config.receiving_application),
+        d.escape(&config.receiving_facility),
+        hl7::control_id(&format!("commit:{}", ack.message_control_id)),
+        d.escape(&config.processing_id),
+        hl7::VERSION,
+        d.escape(&ack.message_control_id),
+    )
 }
 
 /// `0x0B message 0x1C 0x0D`.
@@ -339,43 +423,97 @@ pub fn frame(message: &str) -> Vec<u8> {
     out
 }
 
-/// Reads one MLLP frame and returns what is inside. Bytes before the start
-/// block are skipped; `InvalidData` for an answer over 1 MiB,
-/// `UnexpectedEof` when the peer closes first.
-async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the receiver closed the connection before a whole ACK",
-            ));
+/// One connection and the bytes read past the last frame (a peer may send
+/// its CA and its application ACK in one write).
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            buffer: Vec::new(),
         }
-        buffer.extend_from_slice(&chunk[..read]);
-        if let Some(start) = buffer.iter().position(|b| *b == START_BLOCK) {
-            let body = &buffer[start + 1..];
-            if let Some(end) = body
-                .windows(2)
-                .position(|w| w == [END_BLOCK, CARRIAGE_RETURN])
-            {
-                return Ok(body[..end].to_vec());
+    }
+
+    /// Reads one MLLP frame and returns what is inside. Bytes before the
+    /// start block are dropped; `InvalidData` for a frame over
+    /// [`MAX_ACK_BYTES`], `UnexpectedEof` when the peer closes first.
+    async fn read_frame(&mut self) -> io::Result<Vec<u8>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(frame) = take_frame(&mut self.buffer)? {
+                return Ok(frame);
             }
-        } else {
-            buffer.clear();
-        }
-        if buffer.len() > MAX_ACK_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the answer is over 1 MiB without an MLLP end block",
-            ));
+            let read = self.stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the receiver closed the connection before a whole ACK",
+                ));
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
         }
     }
 }
 
-/// Checks an ACK's text (without framing) against the control id sent.
-pub fn check_ack(raw: &str, control_id: &str) -> Result<Ack, Hl7Error> {
+/// Takes the first whole frame's content out of `buffer`, leaving what
+/// follows it; drops noise before a start block. `Ok(None)` while the frame
+/// is incomplete.
+fn take_frame(buffer: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    let Some(start) = buffer.iter().position(|b| *b == START_BLOCK) else {
+        buffer.clear();
+        return Ok(None);
+    };
+    buffer.drain(..start);
+    if let Some(end) = buffer[1..]
+        .windows(2)
+        .position(|w| w == [END_BLOCK, CARRIAGE_RETURN])
+    {
+        let frame = buffer[1..1 + end].to_vec();
+        buffer.drain(..end + 3);
+        return Ok(Some(frame));
+    }
+    if buffer.len() > MAX_ACK_BYTES + 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the answer is over 1 MiB without an MLLP end block",
+        ));
+    }
+    Ok(None)
+}
+
+/// An ACK as read, before it is held against the message sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedAck {
+    /// MSA-1.
+    pub code: AckCode,
+    /// MSA-2, unescaped: the control id acknowledged.
+    pub control_id: String,
+    /// MSA-3 or the ERR segment's text.
+    pub text: Option<String>,
+    /// The ACK's own MSH-10.
+    pub message_control_id: String,
+    /// The ACK's MSH-15 (accept acknowledgment type), empty if none.
+    pub accept_ack_type: String,
+    /// The segments as received, separated by `\r`.
+    pub raw: String,
+}
+
+/// Parses an ACK: the bytes inside one MLLP frame. Any bytes give an answer
+/// and never a panic (the fuzz target's contract): over [`MAX_ACK_BYTES`],
+/// no MSH first, no delimiters, no MSA or an MSA-1 outside HL7 table 0008
+/// is [`Hl7Error::BadAck`]. Not UTF-8 is read lossily.
+pub fn parse_ack(bytes: &[u8]) -> Result<ParsedAck, Hl7Error> {
+    if bytes.len() > MAX_ACK_BYTES {
+        return Err(Hl7Error::BadAck(format!(
+            "{} bytes is over the {MAX_ACK_BYTES} an ACK may have",
+            bytes.len()
+        )));
+    }
+    let raw = String::from_utf8_lossy(bytes);
     let segments: Vec<&str> = raw
         .split(['\r', '\n'])
         .filter(|s| !s.trim().is_empty())
@@ -392,30 +530,50 @@ pub fn check_ack(raw: &str, control_id: &str) -> Result<Ack, Hl7Error> {
             .find(|s| s.split(d.field).next() == Some(name))
             .map(|s| s.split(d.field).collect())
     };
-    let msa = fields_of("MSA").ok_or_else(|| Hl7Error::BadAck("it has no MSA segment".into()))?;
     let field = |fields: &[&str], n: usize| fields.get(n).copied().unwrap_or("").trim().to_string();
+    // In MSH the field separator is MSH-1 itself, so MSH-n is split n-1.
+    let msh_fields: Vec<&str> = msh.split(d.field).collect();
+    let msa = fields_of("MSA").ok_or_else(|| Hl7Error::BadAck("it has no MSA segment".into()))?;
     let code_text = field(&msa, 1);
     let code = AckCode::parse(&code_text).ok_or_else(|| {
         Hl7Error::BadAck(format!("MSA-1 `{code_text}` is not an acknowledgment code"))
     })?;
-    let echoed = d.unescape(&field(&msa, 2));
-    let text = ack_text(&msa, fields_of("ERR").as_deref(), &d);
-    if !code.is_accept() {
+    Ok(ParsedAck {
+        code,
+        control_id: d.unescape(&field(&msa, 2)),
+        text: ack_text(&msa, fields_of("ERR").as_deref(), &d),
+        message_control_id: d.unescape(&field(&msh_fields, 9)),
+        accept_ack_type: field(&msh_fields, 14),
+        raw: segments.join("\r"),
+    })
+}
+
+/// Checks an ACK's text (without framing) against the control id sent:
+/// `Ok` for an `AA` or a `CA` echoing it ([`send`] then waits for the
+/// application ACK), `Rejected` for `AE`, `AR`, `CE`, `CR`.
+pub fn check_ack(raw: &str, control_id: &str) -> Result<Ack, Hl7Error> {
+    check_parsed(parse_ack(raw.as_bytes())?, control_id)
+}
+
+fn check_parsed(ack: ParsedAck, control_id: &str) -> Result<Ack, Hl7Error> {
+    if !ack.code.is_accept() {
         return Err(Hl7Error::Rejected {
-            code,
-            text: text.unwrap_or_else(|| "(no text)".into()),
+            code: ack.code,
+            text: ack.text.unwrap_or_else(|| "(no text)".into()),
         });
     }
-    if echoed != control_id {
+    if ack.control_id != control_id {
         return Err(Hl7Error::BadAck(format!(
-            "MSA-2 `{echoed}` is not the control id sent, `{control_id}`"
+            "MSA-2 `{}` is not the control id sent, `{control_id}`",
+            ack.control_id
         )));
     }
     Ok(Ack {
-        code,
-        control_id: echoed,
-        text,
-        raw: segments.join("\r"),
+        code: ack.code,
+        committed_first: false,
+        control_id: ack.control_id,
+        text: ack.text,
+        raw: ack.raw,
     })
 }
 
@@ -540,6 +698,69 @@ mod tests {
     fn an_ack_with_other_delimiters_is_read_with_them() {
         let ack = check_ack(&format!("MSH#*~\\&#HIS\rMSA#AA#{CID}#ok\r"), CID).unwrap();
         assert_eq!(ack.text.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn parse_ack_reads_the_acks_own_header_and_never_panics_on_garbage() {
+        let ack = parse_ack(
+            format!("MSH|^~\\&|HIS|H|BUKTOR|B|20261125||ACK^S12^ACK|HIS-77|P|2.5|||AL|NE\rMSA|AA|{CID}\r")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(ack.message_control_id, "HIS-77");
+        assert_eq!(ack.accept_ack_type, "AL");
+        assert_eq!(ack.control_id, CID);
+        let mut inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xff, 0xfe, 0x00],
+            b"MSH".to_vec(),
+            b"MSH|".to_vec(),
+            b"MSH|^~\\&".to_vec(),
+            b"MSH\r\r\rMSA".to_vec(),
+            b"MSH|^~\\&|\rMSA|AA|\\X\\|\\Xzz\\\\".to_vec(),
+            "MSH\u{1F600}^~\\&\u{1F600}\rMSA\u{1F600}CA\u{1F600}x"
+                .as_bytes()
+                .to_vec(),
+            b"MSH|||||||||||||||||||||\rMSA|||||||\rERR|||||||||||".to_vec(),
+            b"MSH|^~\\&\rERR|^^^&&&\rMSA|AE".to_vec(),
+            vec![b'|'; 10_000],
+        ];
+        let mut big = b"MSH|^~\\&|\rMSA|AA|".to_vec();
+        big.resize(MAX_ACK_BYTES + 1, b'x');
+        inputs.push(big);
+        for bytes in inputs {
+            // Any answer but a panic will do; an MSA-1 must be a table 0008 code.
+            if let Ok(ack) = parse_ack(&bytes) {
+                assert!(AckCode::parse(ack.code.as_str()).is_some());
+            }
+        }
+        assert!(matches!(
+            parse_ack(&vec![b'M'; MAX_ACK_BYTES + 1]),
+            Err(Hl7Error::BadAck(_))
+        ));
+    }
+
+    #[test]
+    fn frames_are_taken_one_at_a_time_past_noise_and_bounded() {
+        let mut buffer = b"noise".to_vec();
+        buffer.extend(frame("ONE"));
+        buffer.extend(frame("TWO"));
+        buffer.extend(b"\x0bTHR");
+        assert_eq!(take_frame(&mut buffer).unwrap(), Some(b"ONE".to_vec()));
+        assert_eq!(take_frame(&mut buffer).unwrap(), Some(b"TWO".to_vec()));
+        assert_eq!(take_frame(&mut buffer).unwrap(), None, "incomplete");
+        assert_eq!(buffer, b"\x0bTHR");
+        let mut noise = vec![b'x'; 5000];
+        assert_eq!(take_frame(&mut noise).unwrap(), None);
+        assert!(noise.is_empty(), "noise without a start block is dropped");
+        let mut endless = vec![START_BLOCK];
+        endless.resize(MAX_ACK_BYTES + 10, b'x');
+        assert_eq!(
+            take_frame(&mut endless).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut empty = frame("");
+        assert_eq!(take_frame(&mut empty).unwrap(), Some(vec![]));
     }
 
     #[test]

@@ -170,6 +170,15 @@ enum Answer {
     AckFor(&'static str),
     /// Read the message, then never answer (the connection stays open).
     Silence,
+    /// Enhanced mode: an ACK with each of these MSA-1 codes in turn, all
+    /// echoing the message's control id, `apart` ms between them (0: in one
+    /// write); then the connection stays open. The last one asks for a
+    /// commit accept (MSH-15 `AL`).
+    Enhanced(&'static [&'static str], u64),
+    /// These bytes, then the connection is closed.
+    Raw(&'static [u8]),
+    /// Noise without a start block, a chunk every 20 ms, until the client goes.
+    Noise,
 }
 
 /// A tokio TCP server speaking MLLP on 127.0.0.1:0. It answers every message
@@ -249,12 +258,18 @@ async fn serve(
         let frame: Vec<u8> = buffer.drain(..end + 2).collect();
         received.lock().unwrap().push(frame.clone());
         let text = String::from_utf8_lossy(&frame[1..frame.len() - 2]).to_string();
-        let control_id = text
+        let msh: Vec<String> = text
             .split('\r')
             .next()
-            .and_then(|msh| msh.split('|').nth(9))
             .unwrap_or("")
-            .to_string();
+            .split('|')
+            .map(String::from)
+            .collect();
+        if msh.get(8).is_some_and(|t| t.starts_with("ACK")) {
+            // The client's commit accept of our application ACK: kept, not answered.
+            continue;
+        }
+        let control_id = msh.get(9).cloned().unwrap_or_default();
         let current = answer.lock().unwrap().clone();
         let ack = match current {
             Answer::Ack(code, text) => ack(code, &control_id, text),
@@ -264,14 +279,53 @@ async fn serve(
                 let _ = stream.read(&mut chunk).await;
                 return;
             }
+            Answer::Enhanced(codes, apart) => {
+                let mut all = Vec::new();
+                for (i, code) in codes.iter().enumerate() {
+                    let mut a = ack(code, &control_id, "");
+                    if i + 1 == codes.len() {
+                        // MSH-15 AL: asks the client for a commit accept.
+                        a = a.replacen("|T|2.5\r", "|T|2.5|||AL|NE\r", 1);
+                    }
+                    let framed = framed(&a);
+                    if apart == 0 {
+                        all.extend(framed);
+                        continue;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(apart)).await;
+                    }
+                    if stream.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                }
+                if !all.is_empty() && stream.write_all(&all).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Answer::Raw(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                return;
+            }
+            Answer::Noise => loop {
+                if stream.write_all(&[b'x'; 512]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            },
         };
-        let mut framed = vec![0x0b];
-        framed.extend_from_slice(ack.as_bytes());
-        framed.extend_from_slice(&[0x1c, 0x0d]);
-        if stream.write_all(&framed).await.is_err() {
+        if stream.write_all(&framed(&ack)).await.is_err() {
             return;
         }
     }
+}
+
+fn framed(text: &str) -> Vec<u8> {
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(text.as_bytes());
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    framed
 }
 
 fn ack(code: &str, control_id: &str, text: &str) -> String {
@@ -651,4 +705,299 @@ async fn nothing_is_sent_for_types_without_siu_meaning_or_malformed_bodies() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(peer.frames().is_empty());
+}
+
+// --- enhanced mode and hostile peers ----------------------------------------------
+
+/// Sends the booking to a peer answering `answer`, within an ACK timeout of 300 ms.
+async fn send_to(answer: Answer) -> (Peer, Result<mllp::Ack, Hl7Error>, Duration) {
+    let peer = Peer::start(answer).await;
+    let mut config = config(peer.port);
+    config.ack_timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = mllp::forward(&config, &stored(fixture("appointment.booked"))).await;
+    (peer, result, started.elapsed())
+}
+
+/// Enhanced mode: a `CA` only says the peer stored the message. The client
+/// waits for the application ACK on the same connection, whether it comes
+/// in the same write or later (within the ACK timeout), and answers it with
+/// a commit accept because the ACK asked for one (MSH-15 `AL`).
+#[tokio::test]
+async fn after_a_commit_accept_only_the_application_accept_is_success() {
+    for apart in [0, 150] {
+        let (peer, result, _) = send_to(Answer::Enhanced(&["CA", "AA"], apart)).await;
+        let ack = result.unwrap_or_else(|e| panic!("apart {apart}: {e:?}"));
+        assert_eq!(ack.code, AckCode::AA);
+        assert!(ack.committed_first);
+        // Our commit accept of the application ACK reaches the peer.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while peer.messages().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let messages = peer.messages();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        let control_id = hl7::control_id(&stored(fixture("appointment.booked")).webhook_id);
+        assert!(
+            messages[1].contains(&format!("\rMSA|CA|ACK-{control_id}\r")),
+            "{:?}",
+            messages[1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_commit_accept_then_an_application_error_is_a_rejection() {
+    for (codes, expected) in [
+        (&["CA", "AE"][..], AckCode::AE),
+        (&["CA", "AR"][..], AckCode::AR),
+        (&["CE"][..], AckCode::CE),
+        (&["CR"][..], AckCode::CR),
+    ] {
+        let codes: &'static [&'static str] = Box::leak(codes.to_vec().into_boxed_slice());
+        let (_peer, result, _) = send_to(Answer::Enhanced(codes, 50)).await;
+        match result {
+            Err(e @ Hl7Error::Rejected { .. }) => {
+                assert!(e.is_retryable());
+                let Hl7Error::Rejected { code, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(code, expected, "{codes:?}");
+            }
+            other => panic!("{codes:?}: expected Rejected, got {other:?}"),
+        }
+    }
+}
+
+/// A `CA` and then nothing: not a success but a timeout after the ACK
+/// timeout, so the scheduler retries; a second commit ACK is no answer either.
+#[tokio::test]
+async fn a_commit_accept_without_an_application_ack_times_out_and_is_retried() {
+    let (peer, result, took) = send_to(Answer::Enhanced(&["CA"], 0)).await;
+    match result {
+        Err(
+            e @ Hl7Error::Timeout {
+                phase: mllp::Phase::ApplicationAck,
+                ..
+            },
+        ) => assert_eq!(e.disposition(), Disposition::Retry),
+        other => panic!("expected an application-ACK timeout, got {other:?}"),
+    }
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_millis(2000), "{took:?}");
+    assert_eq!(peer.messages().len(), 1);
+
+    let (_peer, result, _) = send_to(Answer::Enhanced(&["CA", "CA"], 0)).await;
+    assert!(matches!(result, Err(Hl7Error::BadAck(_))), "{result:?}");
+}
+
+/// Whatever a peer sends, the client answers with a retryable error in
+/// bounded time and memory: garbage and a close, an unframed flood, a frame
+/// over 1 MiB, bytes that are not UTF-8.
+#[tokio::test]
+async fn a_hostile_peer_gets_a_retryable_error_in_bounded_time() {
+    static HUGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let huge: &'static [u8] = HUGE.get_or_init(|| {
+        let mut b = vec![0x0b];
+        b.extend(std::iter::repeat_n(b'A', mllp::MAX_ACK_BYTES + 10));
+        b
+    });
+    for answer in [
+        Answer::Raw(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
+        Answer::Raw(b"\x0b\xff\xfe\x00MSH\x1c\x0d"),
+        Answer::Raw(b"\x0bMSH|^~\\&|\rMSA|ZZ|x\x1c\x0d"),
+        Answer::Raw(huge),
+        Answer::Noise,
+    ] {
+        let label = match &answer {
+            Answer::Raw(b) => String::from_utf8_lossy(&b[..b.len().min(20)]).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let (_peer, result, took) = send_to(answer).await;
+        let e = result.expect_err(&label);
+        assert!(e.is_retryable(), "{label}: {e:?}");
+        assert!(took < Duration::from_millis(2000), "{label}: {took:?}");
+    }
+}
+
+// --- from the real server ---------------------------------------------------------
+
+/// End to end: the HIS creates an appointment through /his/v1 and then moves
+/// it to another practitioner. The webhook payloads carry its `hisId` and
+/// the previous practitioner as a whole; the SIU messages built from them
+/// (read back by hl7-2) carry the HIS's id in SCH-1 placer appointment id
+/// and Buktor's in SCH-2 filler id, and the S13 deletes the old
+/// practitioner (AIP `D`) and adds the new one (AIP `A`). A booking made in
+/// Buktor has `hisId: null` and Buktor's id in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_his_appointment_moved_to_another_practitioner_reaches_hl7_with_both_ids_and_d_then_a() {
+    use crate::server::{book_input, days_ahead, local, Deployment, ServerOptions, BOOK};
+    use crate::support::receiver::Receiver;
+
+    let deployment = Deployment::embedded();
+    let server = deployment
+        .start_with(ServerOptions {
+            env: vec![("BUKTOR_WEBHOOKS__POLL_MS".into(), "50".into())],
+            ..Default::default()
+        })
+        .await;
+    let (tenant, admin) = deployment.tenant_with_admin("HL7 Ids Hospital").await;
+    let his_key = deployment.create_api_key(&tenant, "his-system").await;
+    let receiver = Receiver::start().await;
+    let created = server
+        .gql_ok(
+            &admin,
+            "mutation($input: WebhookEndpointInput!) {
+                createWebhookEndpoint(input: $input) { secret endpoint { id } } }",
+            json!({"input": {"url": receiver.url(), "description": "HL7 gateway"}}),
+        )
+        .await;
+    let secret = created["createWebhookEndpoint"]["secret"].as_str().unwrap();
+    receiver.set_secrets(&[secret]);
+
+    let client = reqwest::Client::new();
+    let his = |method: reqwest::Method, path: &str, key: &str, body: Value| {
+        client
+            .request(method, format!("{}/his/v1{path}", server.url))
+            .bearer_auth(&his_key)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let day = days_ahead(3);
+    let schedule = |doc: &str| {
+        json!({"practitionerId": doc, "version": 1, "weeklyRules": [{
+            "weekdays": ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"],
+            "start": "08:00", "end": "16:00", "gridMinutes": 20, "effectiveFrom": "2020-01-01"}]})
+    };
+    let master = his(
+        reqwest::Method::POST,
+        "/bulk",
+        "master",
+        json!({
+            "practitioners": [
+                {"hisId": "DOC-1", "version": 1, "name": "Dr. Ada Lovelace", "specialty": "Cardiology", "department": "Heart"},
+                {"hisId": "DOC-2", "version": 1, "name": "Dr. Grace Hopper", "specialty": "Cardiology", "department": "Heart"},
+            ],
+            "services": [{"hisId": "SVC-CARD", "version": 1, "name": "Consultation", "durationMinutes": 20, "practitionerIds": ["DOC-1", "DOC-2"]}],
+            "schedules": [schedule("DOC-1"), schedule("DOC-2")],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(master.status(), 200);
+    let master: Value = master.json().await.unwrap();
+    let id_of = |kind: &str, his_id: &str| -> String {
+        master["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind && r["hisId"] == his_id)
+            .unwrap_or_else(|| panic!("no {kind} {his_id} in {master}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (version, doc, hour) in [(1, "DOC-1", 9), (2, "DOC-2", 10)] {
+        let res = his(
+            reqwest::Method::PUT,
+            "/appointments/APT-7",
+            &format!("apt-{version}"),
+            json!({"version": version, "practitionerId": doc, "serviceId": "SVC-CARD",
+                "start": local(day, hour, 0).to_rfc3339(),
+                "patient": {"hisId": "PAT-7", "name": "Ada Jansen"}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    // And one booked in Buktor itself, on a practitioner the HIS sent.
+    let service = id_of("service", "SVC-CARD");
+    let own = server
+        .gql_ok(
+            &admin,
+            BOOK,
+            json!({"input": book_input(&id_of("practitioner", "DOC-1"), &service, local(day, 11, 0), "P-OWN")}),
+        )
+        .await["bookAppointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let arrivals = receiver
+        .wait_until(
+            "the booking, the move and Buktor's own booking",
+            Duration::from_secs(30),
+            |a| {
+                a.iter()
+                    .filter(|a| a.event_type.starts_with("appointment.") && a.succeeded())
+                    .count()
+                    >= 3
+            },
+        )
+        .await;
+    let body_of = |event_type: &str, his_id: Option<&str>| -> Value {
+        arrivals
+            .iter()
+            .find(|a| {
+                a.event_type == event_type
+                    && a.body["data"]["appointment"]["hisId"].as_str() == his_id
+            })
+            .unwrap_or_else(|| panic!("no {event_type} for {his_id:?}"))
+            .body
+            .clone()
+    };
+    let booked = body_of("appointment.booked", Some("APT-7"));
+    let moved = body_of("appointment.rescheduled", Some("APT-7"));
+    let buktors = body_of("appointment.booked", None);
+    let buktor_id = booked["data"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(moved["data"]["appointment"]["id"], buktor_id.as_str());
+    let previous = &moved["data"]["appointment"]["previous"];
+    assert_eq!(
+        previous["practitionerId"],
+        id_of("practitioner", "DOC-1").as_str()
+    );
+    assert_eq!(previous["practitioner"]["externalId"], "DOC-1");
+    assert_eq!(previous["practitioner"]["name"], "Dr. Ada Lovelace");
+    assert_eq!(
+        moved["data"]["appointment"]["practitioner"]["externalId"],
+        "DOC-2"
+    );
+    assert_eq!(buktors["data"]["appointment"]["id"], own.as_str());
+
+    let header = config(2575).header();
+    let siu = |body: &Value| {
+        let text = hl7::build(&header, &stored(body.clone())).unwrap().text;
+        parse_strictly(&text).unwrap_or_else(|e| panic!("{e}\n{}", text.replace('\r', "\n")))
+    };
+    for body in [&booked, &moved] {
+        let m = siu(body);
+        assert_eq!(get(&m, "SCH-1.1"), "APT-7", "the HIS's own id");
+        assert_eq!(get(&m, "SCH-1.2"), "HIS");
+        assert_eq!(get(&m, "SCH-2.1"), buktor_id);
+        assert_eq!(get(&m, "SCH-2.2"), "BUKTOR");
+    }
+    let m = siu(&moved);
+    assert_eq!(get(&m, "MSH-9"), "SIU^S13^SIU_S12");
+    let text = hl7::build(&header, &stored(moved.clone())).unwrap().text;
+    let aips: Vec<&str> = text.split('\r').filter(|s| s.starts_with("AIP|")).collect();
+    assert_eq!(aips.len(), 2, "{text}");
+    assert!(
+        aips[0].starts_with("AIP|1|D|DOC-1^Dr. Ada Lovelace^"),
+        "{}",
+        aips[0]
+    );
+    assert!(
+        aips[1].starts_with("AIP|2|A|DOC-2^Dr. Grace Hopper^"),
+        "{}",
+        aips[1]
+    );
+    let old_start = hl7::dtm(&local(day, 9, 0).with_timezone(&chrono_tz::Europe::Amsterdam));
+    assert_eq!(aips[0].split('|').nth(6), Some(old_start.as_str()));
+    let m = siu(&buktors);
+    assert_eq!(get(&m, "SCH-1.1"), own);
+    assert_eq!(get(&m, "SCH-2.1"), own);
 }

@@ -374,7 +374,12 @@ impl Scheduler {
         let mut turn = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let decided = command.decide(self, ctx, new_id).await?;
-            let Decided { id, streams } = decided;
+            let Decided { id, mut streams } = decided;
+            // A stream the command decided to leave as it is (a HIS record
+            // sent again with a newer version but the same data) is not
+            // appended to: the store refuses an append of no events, and
+            // only the streams that change need their versions checked.
+            streams.retain(|p| !p.events.is_empty());
             let events: usize = streams.iter().map(|p| p.events.len()).sum();
             if events == 0 {
                 // Nothing changes, so nothing is claimed: a repeat decides again and also changes nothing.

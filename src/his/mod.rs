@@ -140,12 +140,23 @@ impl From<AppError> for Problem {
             | AppError::IdempotencyKeyReused(_) => StatusCode::CONFLICT,
             AppError::Domain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AppError::Corrupt(_) | AppError::Store(_) => {
-                tracing::error!(error = ?e, "HIS request failed inside the server");
+            // Only an unreachable or busy store is worth a retry; anything
+            // else inside the server (an append it should not have built,
+            // data that does not decode) fails the same way every time.
+            AppError::Store(store) if store.is_unavailable() => {
+                tracing::error!(error = ?e, "HIS request failed: the store is unavailable");
                 return Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "STORE_UNAVAILABLE",
                     "the store failed; retry with the same Idempotency-Key",
+                );
+            }
+            AppError::Corrupt(_) | AppError::Store(_) => {
+                tracing::error!(error = ?e, "HIS request failed inside the server");
+                return Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "the server failed on this request; a retry will not help, report it",
                 );
             }
         };
@@ -856,6 +867,23 @@ mod tests {
         assert_ne!(a, record_key("k", K::Patient, 0));
         assert_ne!(a, record_key("l", K::Appointment, 0));
         assert!(a.len() <= 200);
+    }
+
+    #[test]
+    fn only_an_unavailable_store_is_a_retryable_503() {
+        use crate::app::AppError;
+        use crate::store::StoreError;
+        let bug: super::Problem =
+            AppError::Store(StoreError::InvalidAppend("stream s has no events".into())).into();
+        assert_eq!((bug.status.as_u16(), bug.code.as_str()), (500, "INTERNAL"));
+        let corrupt: super::Problem = AppError::Corrupt("calendar differs".into()).into();
+        assert_eq!(corrupt.status.as_u16(), 500);
+        let down: super::Problem =
+            AppError::Store(StoreError::backend(std::io::Error::other("refused"))).into();
+        assert_eq!(
+            (down.status.as_u16(), down.code.as_str()),
+            (503, "STORE_UNAVAILABLE")
+        );
     }
 
     #[test]

@@ -220,6 +220,39 @@ impl StoreError {
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Backend(Box::new(e))
     }
+
+    /// Whether the store could not be reached or was too busy, so the same
+    /// request may well succeed when retried: a lost or refused connection,
+    /// a pool that timed out, a database shutting down or out of resources,
+    /// a busy or unwritable file. Everything else (an append the server
+    /// should never have built, stored data that does not decode, SQL the
+    /// database refuses) is a bug that a retry repeats: not retryable.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Backend(e) => backend_unavailable(e.as_ref()),
+            _ => false,
+        }
+    }
+}
+
+fn backend_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<tokio_postgres::Error>() {
+        return postgres::is_unavailable(e);
+    }
+    if let Some(e) = e.downcast_ref::<std::sync::Arc<tokio_postgres::Error>>() {
+        return postgres::is_unavailable(e);
+    }
+    if let Some(e) = e.downcast_ref::<deadpool_postgres::PoolError>() {
+        return match e {
+            deadpool_postgres::PoolError::Backend(e) => postgres::is_unavailable(e),
+            _ => true,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
+        return sqlite::is_unavailable(e);
+    }
+    // Files that cannot be opened or written, committers that stopped.
+    e.is::<std::io::Error>()
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -373,4 +406,34 @@ pub async fn open_with_audit(
 /// Whether the configuration selects the embedded store.
 pub fn is_embedded(config: &crate::config::Config) -> bool {
     config.database_url.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn only_an_unreachable_or_busy_store_is_unavailable() {
+        assert!(!StoreError::InvalidAppend("stream s has no events".into()).is_unavailable());
+        assert!(!StoreError::Corrupt("not JSON".into()).is_unavailable());
+        assert!(!StoreError::VersionConflict {
+            stream_id: "s".into(),
+            expected_version: 1
+        }
+        .is_unavailable());
+        assert!(StoreError::backend(std::io::Error::other("committers stopped")).is_unavailable());
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(StoreError::backend(busy).is_unavailable());
+        let constraint = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        );
+        assert!(!StoreError::backend(constraint).is_unavailable());
+        assert!(!StoreError::backend(rusqlite::Error::InvalidQuery).is_unavailable());
+        let not_json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!StoreError::backend(not_json).is_unavailable());
+    }
 }

@@ -1177,6 +1177,30 @@ fn decode_tenant(row: &Row) -> StoreResult<TenantRecord> {
     })
 }
 
+/// See [`StoreError::is_unavailable`]: no answer from the database at all,
+/// or a refusal of a class that says the database cannot serve now
+/// (connection exception, transaction rollback, insufficient resources,
+/// operator intervention, system error), not that the request was wrong.
+pub(super) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        // No answer from the database: a closed or failed connection, a
+        // timeout, TLS. Unless the client library refused the query itself
+        // (a parameter or column of the wrong type, a wrong row count): that
+        // is the server's bug. The kinds are private; their messages are not.
+        let message = e.to_string();
+        let bug = [
+            "error serializing parameter",
+            "error deserializing column",
+            "invalid column",
+            "query returned an unexpected",
+            "expected ",
+        ];
+        return !bug.iter().any(|b| message.starts_with(b));
+    };
+    let class = &db.code().code()[..2];
+    matches!(class, "08" | "40" | "53" | "57" | "58") || *db.code() == SqlState::LOCK_NOT_AVAILABLE
+}
+
 fn map_db(e: tokio_postgres::Error) -> StoreError {
     StoreError::backend(e)
 }

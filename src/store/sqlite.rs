@@ -797,6 +797,23 @@ fn is_unique_violation(e: &rusqlite::Error, columns: &str) -> bool {
     }
 }
 
+/// See [`StoreError::is_unavailable`]: the file is busy, locked by another
+/// process, or cannot be read or written (disk full, I/O error).
+pub(super) fn is_unavailable(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(failure, _) => matches!(
+            failure.code,
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        ),
+        _ => false,
+    }
+}
+
 fn map_db(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }

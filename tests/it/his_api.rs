@@ -891,3 +891,81 @@ async fn his_openapi_document_is_served_and_matches_the_checked_in_copy() {
         .starts_with("text/html"));
     assert!(page.text().await.unwrap().contains("openapi.json"));
 }
+
+/// A newer version of a record with the same data (a nightly reconciliation
+/// that bumps versions) is `unchanged`: only the version is recorded. It
+/// was a 503 STORE_UNAVAILABLE forever, from an append of no events.
+async fn newer_version_with_unchanged_data_is_unchanged(deployment: Deployment) {
+    let server = deployment.start().await;
+    let (tenant, _, key) = hospital(&deployment, "HIS Unchanged").await;
+    let his = His::new(&server, &key);
+    assert_eq!(load_master_data(&his).await["summary"]["applied"], 5);
+    let patient = |version: i64| json!({"version": version, "name": "n"});
+    let applied = his
+        .ok(his.put("/patients/C", "p1", &patient(1)).await)
+        .await;
+    assert_eq!(applied["outcome"], "applied", "{applied}");
+    let off = days_ahead(20);
+    let with_version = |mut body: Value, version: i64| {
+        body["version"] = json!(version);
+        body
+    };
+    let records = [
+        ("/practitioners/DOC-1", practitioner("DOC-1", "Dr. Ada Lovelace", 2)),
+        ("/services/SVC-CARD", service("SVC-CARD", &["DOC-1", "DOC-2"], 2)),
+        ("/practitioners/DOC-1/schedule", schedule("DOC-1", 2, off)),
+        ("/patients/C", patient(2)),
+    ];
+    let before = deployment.event_counts(&tenant).await;
+    for (i, (path, body)) in records.iter().enumerate() {
+        let key = format!("unchanged-{i}");
+        let first = his.put(path, &key, body).await;
+        assert_eq!(first.status, 200, "{path}: {}", first.body);
+        assert_eq!(first.body["outcome"], "unchanged", "{path}: {}", first.body);
+        // A retry with the same key answers alike.
+        let again = his.ok(his.put(path, &key, body).await).await;
+        assert_eq!(again, first.body, "{path}");
+        // The version was recorded: the same version again is stale.
+        let stale = his
+            .ok(his.put(path, &format!("{key}-again"), body).await)
+            .await;
+        assert_eq!(stale["outcome"], "stale", "{path}: {stale}");
+    }
+    let after = deployment.event_counts(&tenant).await;
+    assert_eq!(
+        after.get("HisVersionApplied").copied().unwrap_or(0)
+            - before.get("HisVersionApplied").copied().unwrap_or(0),
+        4,
+        "{after:?}"
+    );
+    let changed: Vec<&String> = after
+        .keys()
+        .filter(|k| *k != "HisVersionApplied" && after.get(*k) != before.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "only versions recorded: {changed:?}");
+
+    // The nightly reconciliation in bulk: every record unchanged, none failed.
+    let bulk = json!({
+        "practitioners": [with_version(practitioner("DOC-1", "Dr. Ada Lovelace", 1), 3), with_version(practitioner("DOC-2", "Dr. Grace Hopper", 1), 3)],
+        "services": [service("SVC-CARD", &["DOC-1", "DOC-2"], 3)],
+        "schedules": [schedule("DOC-1", 3, off), schedule("DOC-2", 3, off)],
+        "patients": [{"hisId": "C", "version": 3, "name": "n"}],
+    });
+    let nightly = his.ok(his.post("/bulk", "nightly-1", &bulk).await).await;
+    assert_eq!(
+        nightly["summary"],
+        json!({"applied": 0, "unchanged": 6, "stale": 0, "failed": 0}),
+        "{nightly}"
+    );
+    assert!(server.get("/health").await.status == 200);
+}
+
+#[tokio::test]
+async fn his_newer_version_with_unchanged_data_is_unchanged_on_postgres() {
+    newer_version_with_unchanged_data_is_unchanged(Deployment::postgres().await).await;
+}
+
+#[tokio::test]
+async fn his_newer_version_with_unchanged_data_is_unchanged_on_the_embedded_store() {
+    newer_version_with_unchanged_data_is_unchanged(Deployment::embedded()).await;
+}

@@ -140,6 +140,11 @@ impl Outcome {
         )
     }
 
+    /// The HTTP status it answers with; a 5xx is a server bug.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     fn response(&self) -> HttpResponse {
         operation_outcome(self.status, self.issue, &self.code, &self.diagnostics)
     }
@@ -757,7 +762,13 @@ async fn body_resource(
         }
         body.extend_from_slice(&chunk);
     }
-    let value: Value = serde_json::from_slice(&body)
+    resource_of(&body, resource_type)
+}
+
+/// Reads a request body as a resource of `resource_type`: JSON with that
+/// `resourceType`. Public for the fuzz target (`fuzz/fuzz_targets/fhir_appointment.rs`).
+pub fn resource_of(body: &[u8], resource_type: &str) -> Result<Value, Outcome> {
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| Outcome::invalid(format!("the body is not JSON: {e}")))?;
     match value.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == resource_type => Ok(value),
@@ -907,6 +918,39 @@ fn status_code_of(r: &Value) -> Result<&str, Outcome> {
         .ok_or_else(|| Outcome::invalid("status is required".into()))
 }
 
+/// What an Appointment create or update body asks for, read and checked as
+/// far as it can be without the store. Both routes read bodies through
+/// [`AppointmentFields::read`], and so does the fuzz target
+/// (`fuzz/fuzz_targets/fhir_appointment.rs`).
+#[derive(Debug)]
+pub struct AppointmentFields {
+    pub status: String,
+    pub practitioner: Option<PractitionerId>,
+    pub patient: Option<PatientRef>,
+    pub service: Option<ServiceId>,
+    pub start: Option<DateTime<Utc>>,
+    pub comment: Option<Reason>,
+    pub cancellation_code: Option<CancellationCode>,
+}
+
+impl AppointmentFields {
+    pub fn read(r: &Value) -> Result<AppointmentFields, Outcome> {
+        Ok(AppointmentFields {
+            status: status_code_of(r)?.to_owned(),
+            service: service_of(r)?,
+            patient: patient_of(r)?,
+            practitioner: practitioner_of(r)?,
+            start: start_of(r)?,
+            comment: r
+                .get("comment")
+                .and_then(Value::as_str)
+                .map(|c| Reason::parse("comment", c))
+                .transpose()?,
+            cancellation_code: cancellation_code_of(r)?,
+        })
+    }
+}
+
 fn domain(e: buktor_domain::DomainError) -> Outcome {
     Outcome::from(AppError::Domain(e))
 }
@@ -939,32 +983,30 @@ async fn create_appointment(
     respond(
         async {
             let r = body_resource(payload, &state, "Appointment").await?;
-            let status = status_code_of(&r)?;
+            let fields = AppointmentFields::read(&r)?;
+            let status = fields.status;
             if status != "booked" {
                 return Err(Outcome::unsupported(format!(
                     "status: an appointment is created as booked, not {status:?}"
                 )));
             }
-            let practitioner_id = practitioner_of(&r)?.ok_or_else(|| {
+            let practitioner_id = fields.practitioner.ok_or_else(|| {
                 Outcome::unsupported("participant: name the practitioner (Practitioner/<id>)".into())
             })?;
-            let patient = patient_of(&r)?.ok_or_else(|| {
+            let patient = fields.patient.ok_or_else(|| {
                 Outcome::unsupported(
                     "participant: name the patient (Patient/<HIS id> or an identifier)".into(),
                 )
             })?;
-            let service_id = service_of(&r)?.ok_or_else(|| {
+            let service_id = fields.service.ok_or_else(|| {
                 Outcome::unsupported(format!(
                     "serviceType: give a coding with system {SERVICE_SYSTEM} and a Buktor service id"
                 ))
             })?;
-            let start = start_of(&r)?
+            let start = fields
+                .start
                 .ok_or_else(|| Outcome::unsupported("start is required".into()))?;
-            let note = r
-                .get("comment")
-                .and_then(Value::as_str)
-                .map(|c| Reason::parse("comment", c))
-                .transpose()?;
+            let note = fields.comment;
             let ctx = command_context(&req, &p)?;
             let outcome = state
                 .scheduler
@@ -1034,13 +1076,14 @@ async fn update(
         .appointment(tenant, id)
         .await?
         .ok_or_else(|| Outcome::not_found("Appointment", path))?;
-    let status = status_code_of(&r)?;
+    let fields = AppointmentFields::read(&r)?;
+    let status = fields.status.as_str();
     let wanted = params::status_of(status).ok_or_else(|| {
         Outcome::unsupported(format!(
             "status: Buktor has no appointments that are {status:?}"
         ))
     })?;
-    if let Some(service) = service_of(&r)? {
+    if let Some(service) = fields.service {
         if service != current.service_id {
             return Err(Outcome::unsupported(
                 "serviceType: the service of an appointment cannot change; cancel and book again"
@@ -1048,15 +1091,15 @@ async fn update(
             ));
         }
     }
-    if let Some(patient) = patient_of(&r)? {
+    if let Some(patient) = &fields.patient {
         if patient.his_patient_id != current.patient.his_patient_id {
             return Err(Outcome::unsupported(
                 "participant: the patient of an appointment cannot change".into(),
             ));
         }
     }
-    let practitioner = practitioner_of(&r)?.unwrap_or(current.practitioner_id);
-    let start = start_of(&r)?.unwrap_or(current.start);
+    let practitioner = fields.practitioner.unwrap_or(current.practitioner_id);
+    let start = fields.start.unwrap_or(current.start);
     let moves = practitioner != current.practitioner_id || start != current.start;
     let ctx = command_context(req, p)?;
     let outcome = match (wanted, moves) {
@@ -1079,7 +1122,7 @@ async fn update(
                 .await?,
         ),
         (AppointmentStatus::Cancelled, false) => {
-            let code = cancellation_code_of(&r)?;
+            let code = fields.cancellation_code;
             // The text, else the code's display, else a fixed phrase: the
             // domain keeps a reason with every cancellation.
             let reason = r

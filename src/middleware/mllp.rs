@@ -462,7 +462,7 @@ impl Connection {
 /// Takes the first whole frame's content out of `buffer`, leaving what
 /// follows it; drops noise before a start block. `Ok(None)` while the frame
 /// is incomplete.
-fn take_frame(buffer: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+pub fn take_frame(buffer: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
     let Some(start) = buffer.iter().position(|b| *b == START_BLOCK) else {
         buffer.clear();
         return Ok(None);

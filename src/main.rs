@@ -9,6 +9,7 @@ use buktor::config::Config;
 use buktor::http::{AppState, Application};
 use buktor::metrics::Metrics;
 use buktor::{audit, demo, store, telemetry};
+use buktor_domain::values::Name;
 use buktor_domain::{Role, TenantId};
 use clap::{Parser, Subcommand};
 
@@ -173,6 +174,21 @@ enum ApiKeyCommand {
     },
 }
 
+/// Text from the store as a terminal may show it: control and
+/// bidirectional-override characters escaped, so a name cannot ring the
+/// bell, move the cursor or reverse the rest of the line.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if buktor_domain::values::is_unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
@@ -216,12 +232,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let scheduler = scheduler(&config).await?;
             match command {
                 TenantCommand::Create { name, time_zone } => {
-                    let t = demo::create_tenant(&scheduler, &name, time_zone).await?;
+                    // The rules every name of the API follows.
+                    let name = Name::parse("name", &name)?;
+                    let t = demo::create_tenant(&scheduler, name.as_str(), time_zone).await?;
                     println!("{}", t.id);
                 }
                 TenantCommand::List => {
                     for t in scheduler.store().tenants().await? {
-                        println!("{}\t{}\t{}", t.id, t.time_zone.name(), t.name);
+                        println!("{}\t{}\t{}", t.id, t.time_zone.name(), printable(&t.name));
                     }
                 }
             }
@@ -234,7 +252,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             if store.tenant(tenant).await?.is_none() {
                 anyhow::bail!("no tenant {tenant}");
             }
-            let key = generate_api_key(tenant, role, &name);
+            let name = Name::parse("name", &name)?;
+            let key = generate_api_key(tenant, role, name.as_str());
             store.create_api_key(&key.record).await?;
             println!("{}", key.token);
             Ok(())

@@ -4,7 +4,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DomainError, DomainResult};
 
-/// Trimmed, non-empty text of bounded length, without control characters.
+/// Whether `c` may not appear in a name or text: a control character, or
+/// a bidirectional embedding, override or isolate (U+202A–U+202E,
+/// U+2066–U+2069), which can make a name display as something else
+/// ("Trojan Source"). The marks U+200E/U+200F stay allowed: mixed-script
+/// names need them.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Trimmed, non-empty text of bounded length, without control characters
+/// or bidirectional overrides (see [`is_unsafe_char`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Text<const MAX: usize>(String);
@@ -21,10 +31,10 @@ impl<const MAX: usize> Text<MAX> {
                 format!("must be at most {MAX} characters"),
             ));
         }
-        if trimmed.chars().any(char::is_control) {
+        if trimmed.chars().any(is_unsafe_char) {
             return Err(DomainError::invalid(
                 field,
-                "must not contain control characters",
+                "must not contain control characters or bidirectional overrides",
             ));
         }
         Ok(Self(trimmed.to_owned()))

@@ -72,6 +72,17 @@ fn check(spec: &EndpointSpec) -> Result<(), EndpointError> {
     if spec.description.chars().count() > 200 {
         return Err(invalid("description", "longer than 200 characters"));
     }
+    // As every other text of the API (and `buktor endpoint create`).
+    if spec
+        .description
+        .chars()
+        .any(buktor_domain::values::is_unsafe_char)
+    {
+        return Err(invalid(
+            "description",
+            "must not contain control characters or bidirectional overrides",
+        ));
+    }
     if let Some(t) = spec
         .event_types
         .iter()

@@ -301,31 +301,42 @@ pub async fn stream(
     };
     let events = Box::pin(state.live.follow(principal.tenant_id(), from));
     let filter = EventFilter::new(types, Vec::new());
-    let state = (events, filter, tokio::time::Instant::now() + KEEP_ALIVE);
-    let body = futures::stream::unfold(state, |(mut events, filter, mut ping)| async move {
-        loop {
-            tokio::select! {
-                next = events.next() => {
-                    ping = tokio::time::Instant::now() + KEEP_ALIVE;
-                    match next? {
-                        Ok(e) if filter.matches(&e) => {
-                            return Some((Ok::<_, actix_web::Error>(sse_frame(&e)), (events, filter, ping)));
-                        }
-                        Ok(_) => continue,
-                        Err(LiveError::ShuttingDown) => return None,
-                        Err(LiveError::Store(e)) => {
-                            tracing::error!(error = ?e, "the event stream cannot read the store");
-                            return None;
+    // The stream ends when the caller's key or session is revoked.
+    let revoked = Box::pin(state.auth.revoked(&principal));
+    let state = (
+        events,
+        filter,
+        tokio::time::Instant::now() + KEEP_ALIVE,
+        revoked,
+    );
+    let body = futures::stream::unfold(
+        state,
+        |(mut events, filter, mut ping, mut revoked)| async move {
+            loop {
+                tokio::select! {
+                    _ = &mut revoked => return None,
+                    next = events.next() => {
+                        ping = tokio::time::Instant::now() + KEEP_ALIVE;
+                        match next? {
+                            Ok(e) if filter.matches(&e) => {
+                                return Some((Ok::<_, actix_web::Error>(sse_frame(&e)), (events, filter, ping, revoked)));
+                            }
+                            Ok(_) => continue,
+                            Err(LiveError::ShuttingDown) => return None,
+                            Err(LiveError::Store(e)) => {
+                                tracing::error!(error = ?e, "the event stream cannot read the store");
+                                return None;
+                            }
                         }
                     }
-                }
-                _ = tokio::time::sleep_until(ping) => {
-                    ping = tokio::time::Instant::now() + KEEP_ALIVE;
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (events, filter, ping)));
+                    _ = tokio::time::sleep_until(ping) => {
+                        ping = tokio::time::Instant::now() + KEEP_ALIVE;
+                        return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (events, filter, ping, revoked)));
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

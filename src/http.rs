@@ -287,7 +287,8 @@ async fn graphql_get(
 /// in the header is refused with 401 before the upgrade; a connection whose
 /// `connection_init` brings no valid key (and had none in the header) is
 /// closed without `connection_ack`. Opening a connection counts as one
-/// request against the key's rate limit.
+/// request against the key's rate limit. When the key or session is
+/// revoked, the socket is closed with code 4403 (see `crate::ws`).
 async fn subscriptions(
     req: HttpRequest,
     payload: web::Payload,
@@ -313,6 +314,9 @@ async fn subscriptions(
     });
     data.insert(state.live.clone());
     let init_state = state.clone();
+    // The caller, once `connection_init` named one: the socket closes when
+    // its credential is revoked.
+    let (named, caller) = tokio::sync::oneshot::channel::<crate::auth::Principal>();
     let on_init = move |init: serde_json::Value| async move {
         let token = init
             .as_object()
@@ -354,17 +358,29 @@ async fn subscriptions(
                 ));
             }
         };
+        let _ = named.send(principal.clone());
         let mut data = async_graphql::Data::default();
         data.insert(principal);
         Ok(data)
     };
+    let auth_state = state.clone();
+    let revoked = async move {
+        match caller.await {
+            Ok(principal) => auth_state.auth.revoked(&principal).await,
+            // Never named (the init failed, or none came): nothing to revoke.
+            Err(_) => std::future::pending().await,
+        }
+    };
     // The socket ends when the server stops (see `run_until_stopped`).
-    let payload = payload.take_until(state.live.stopped());
-    match async_graphql_actix_web::GraphQLSubscription::new(state.schema.clone())
-        .with_data(data)
-        .on_connection_init(on_init)
-        .start(&req, payload)
-    {
+    match crate::ws::serve(
+        &req,
+        payload,
+        state.schema.clone(),
+        data,
+        on_init,
+        revoked,
+        state.live.stopped(),
+    ) {
         Ok(res) => res,
         Err(e) => problem(
             StatusCode::BAD_REQUEST,

@@ -26,3 +26,4 @@ pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;
+pub mod ws;

@@ -8,8 +8,9 @@ use buktor::auth::generate_api_key;
 use buktor::config::Config;
 use buktor::http::{AppState, Application};
 use buktor::metrics::Metrics;
+use buktor::store::access::RevokedBy;
 use buktor::{audit, demo, store, telemetry};
-use buktor_domain::values::Name;
+use buktor_domain::values::{Name, ShortText};
 use buktor_domain::{Role, TenantId};
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,11 @@ enum Command {
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+    /// List and revoke the browser sessions opened from embed tokens.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
     },
     /// Print the address of an admin screen with a fresh embed token, valid
     /// for 10 minutes: the admin screens without a HIS (a first look, the
@@ -172,6 +178,43 @@ enum ApiKeyCommand {
         #[arg(long)]
         name: String,
     },
+    /// List a hospital's keys: id, role, created, last used, revoked, name
+    /// (tab-separated; never the key itself).
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a key: every server refuses it within about a second, and its
+    /// open WebSockets and event streams are closed.
+    Revoke {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// List a hospital's unexpired sessions: id, user, role, created,
+    /// expires, last used, revoked, name (tab-separated).
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+        /// Only this HIS user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke one session (--id) or every open session of a user (--user).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "user"])))]
+    Revoke {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        id: Option<uuid::Uuid>,
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 /// Text from the store as a terminal may show it: control and
@@ -187,6 +230,21 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+fn time_or_dash(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "-".into(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+/// Who the CLI records as having revoked: `cli:<OS user>`.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{}", printable(&user))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -245,19 +303,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ApiKey {
-            command: ApiKeyCommand::Create { tenant, role, name },
-        } => {
-            let store = store::open(&config).await?;
-            if store.tenant(tenant).await?.is_none() {
-                anyhow::bail!("no tenant {tenant}");
-            }
-            let name = Name::parse("name", &name)?;
-            let key = generate_api_key(tenant, role, name.as_str());
-            store.create_api_key(&key.record).await?;
-            println!("{}", key.token);
-            Ok(())
-        }
+        Command::ApiKey { command } => api_key_command(&config, command).await,
+        Command::Session { command } => session_command(&config, command).await,
         Command::EmbedLink {
             tenant,
             user,
@@ -272,6 +319,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             let tokens = buktor::embed::tokens::TokenSigner::new(store, Arc::new(SystemClock));
             let base_url = base_url.unwrap_or_else(|| format!("http://{}", config.listen));
+            let parsed =
+                reqwest::Url::parse(&base_url).map_err(|e| anyhow::anyhow!("--base-url: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || base_url.chars().any(char::is_control)
+            {
+                anyhow::bail!("--base-url: must be an http:// or https:// URL");
+            }
             let link =
                 buktor::embed::admin_link(&tokens, &base_url, tenant, &user, &name, &role, &screen)
                     .await?;
@@ -295,6 +349,106 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn existing_tenant(store: &dyn store::Store, tenant: TenantId) -> anyhow::Result<()> {
+    if store.tenant(tenant).await?.is_none() {
+        anyhow::bail!("no tenant {tenant}");
+    }
+    Ok(())
+}
+
+async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
+    let store = store::open(config).await?;
+    match command {
+        ApiKeyCommand::Create { tenant, role, name } => {
+            let name = Name::parse("name", &name)?;
+            existing_tenant(&*store, tenant).await?;
+            let key = generate_api_key(tenant, role, name.as_str());
+            store.create_api_key(&key.record).await?;
+            println!("{}", key.token);
+        }
+        ApiKeyCommand::List { tenant } => {
+            existing_tenant(&*store, tenant).await?;
+            for k in store.access().api_keys(tenant).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.key.id,
+                    k.key.role,
+                    time_or_dash(Some(k.key.created_at)),
+                    time_or_dash(k.last_used_at),
+                    time_or_dash(k.key.revoked_at),
+                    printable(&k.key.name)
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { tenant, id } => {
+            existing_tenant(&*store, tenant).await?;
+            let actor = cli_actor();
+            let by = RevokedBy {
+                actor: &actor,
+                at: chrono::Utc::now(),
+            };
+            let Some(k) = store.access().revoke_api_key(tenant, id, by).await? else {
+                anyhow::bail!("tenant {tenant} has no API key {id}");
+            };
+            tracing::info!(%tenant, key = %id, by = actor.as_str(), "API key revoked");
+            println!("revoked {} at {}", k.key.id, time_or_dash(k.key.revoked_at));
+        }
+    }
+    Ok(())
+}
+
+async fn session_command(config: &Config, command: SessionCommand) -> anyhow::Result<()> {
+    let store = store::open(config).await?;
+    let print = |s: &buktor::store::access::SessionRecord| {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            s.id,
+            printable(&s.user),
+            s.role,
+            time_or_dash(Some(s.created_at)),
+            time_or_dash(Some(s.expires_at)),
+            time_or_dash(s.last_used_at),
+            time_or_dash(s.revoked_at),
+            printable(&s.name)
+        )
+    };
+    match command {
+        SessionCommand::List { tenant, user } => {
+            existing_tenant(&*store, tenant).await?;
+            let sessions = store
+                .access()
+                .sessions(tenant, user.as_deref(), chrono::Utc::now())
+                .await?;
+            sessions.iter().for_each(print);
+        }
+        SessionCommand::Revoke { tenant, id, user } => {
+            existing_tenant(&*store, tenant).await?;
+            let actor = cli_actor();
+            let by = RevokedBy {
+                actor: &actor,
+                at: chrono::Utc::now(),
+            };
+            let revoked = match (id, user) {
+                (Some(id), _) => match store.access().revoke_session(tenant, id, by).await? {
+                    Some(s) => vec![s],
+                    None => anyhow::bail!("tenant {tenant} has no session {id}"),
+                },
+                (None, Some(user)) => {
+                    let user = ShortText::parse("user", &user)?;
+                    store
+                        .access()
+                        .revoke_user_sessions(tenant, user.as_str(), by)
+                        .await?
+                }
+                (None, None) => anyhow::bail!("give --id or --user"),
+            };
+            tracing::info!(%tenant, count = revoked.len(), by = actor.as_str(), "sessions revoked");
+            revoked.iter().for_each(print);
+        }
+    }
+    Ok(())
 }
 
 /// Exit status of `buktor audit verify` when a chain is broken.

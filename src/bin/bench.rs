@@ -1114,6 +1114,9 @@ impl buktor::store::Store for CountingStore {
     fn reminders(&self) -> &dyn buktor::store::reminders::ReminderStore {
         self.inner.reminders()
     }
+    fn access(&self) -> &dyn buktor::store::access::AccessStore {
+        self.inner.access()
+    }
 }
 
 #[async_trait::async_trait]
@@ -1831,6 +1834,9 @@ mod read_bench {
         }
         fn reminders(&self) -> &dyn buktor::store::reminders::ReminderStore {
             self.inner.reminders()
+        }
+        fn access(&self) -> &dyn buktor::store::access::AccessStore {
+            self.inner.access()
         }
     }
 

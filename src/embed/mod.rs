@@ -259,17 +259,12 @@ async fn session_for(
     let settings = settings_of(state, tenant.id).await?;
     let cors = browser_origin(req, &settings)?;
     let expires_at = state.tokens.now() + Duration::hours(SESSION_HOURS);
-    let grant = Grant::Session {
-        user: user.clone(),
-        name: name.clone(),
-        role,
-    };
-    let session = state
-        .tokens
-        .issue(tenant.id, grant, expires_at)
+    let (id, session) = state
+        .auth
+        .open_session(tenant.id, &user, &name, role, expires_at)
         .await
         .map_err(token_problem)?;
-    tracing::info!(tenant = %tenant.id, user = user.as_str(), role = %role, "session opened");
+    tracing::info!(tenant = %tenant.id, session = %id, user = user.as_str(), role = %role, "session opened");
     let mut res = HttpResponse::Ok().json(json!({
         "session": format!("{SESSION_PREFIX}{session}"),
         "expiresAt": expires_at,

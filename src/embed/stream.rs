@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::widget::{answer, slot_json, Call, SlotQuery};
+use super::widget::{answer, slot_json, Call, SlotQuery, Who};
 use crate::graphql::slot_changes::{hold_ends, touched_days};
 use crate::his::Problem;
 use crate::http::AppState;
@@ -96,10 +96,17 @@ pub(super) async fn slots_stream(
         let (days, start) = watch(&state, call, &query).await?;
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         tokio::spawn(follow(days, start, tx));
-        let body = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, actix_web::Error>(chunk), rx))
+        // A staff session's stream ends when the session is revoked.
+        let revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match &call.who {
+                Who::Staff(p) => Box::pin(state.auth.revoked(p)),
+                _ => Box::pin(std::future::pending()),
+            };
+        let body = futures::stream::unfold((rx, revoked), |(mut rx, mut revoked)| async move {
+            tokio::select! {
+                _ = &mut revoked => None,
+                chunk = rx.recv() => chunk.map(|c| (Ok::<_, actix_web::Error>(c), (rx, revoked))),
+            }
         });
         Ok(HttpResponse::Ok()
             .content_type("text/event-stream")

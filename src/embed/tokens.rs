@@ -34,8 +34,10 @@ pub enum Grant {
         name: String,
         role: Role,
     },
-    /// A signed-in user of an embedded page or the staff widget.
+    /// A signed-in user of an embedded page or the staff widget. `id` names
+    /// the stored session, which an admin may revoke.
     Session {
+        id: uuid::Uuid,
         user: String,
         name: String,
         role: Role,

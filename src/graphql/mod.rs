@@ -4,6 +4,7 @@
 //! Errors: every error carries `extensions.code`. Domain refusals keep their
 //! stable domain code; failures inside the server say `INTERNAL` and show no
 //! detail (the cause is logged with the request id).
+mod access;
 mod embedding;
 mod events;
 mod inputs;
@@ -167,6 +168,7 @@ pub struct QueryRoot(
     webhooks::WebhookQuery,
     notifications::NotificationQuery,
     embedding::EmbeddingQuery,
+    access::AccessQuery,
 );
 
 #[derive(Default)]
@@ -248,6 +250,7 @@ pub struct MutationRoot(
     webhooks::WebhookMutation,
     notifications::NotificationMutation,
     embedding::EmbeddingMutation,
+    access::AccessMutation,
 );
 
 #[derive(Default)]

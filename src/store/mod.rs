@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod access;
 pub mod postgres;
 pub mod read_models;
 pub mod reminders;
@@ -344,6 +345,7 @@ pub trait Directory: Send + Sync + 'static {
 pub trait Store: EventStore + Directory {
     fn read_models(&self) -> &dyn ReadModelStore;
     fn webhooks(&self) -> &dyn webhooks::WebhookStore;
+    fn access(&self) -> &dyn access::AccessStore;
     fn reminders(&self) -> &dyn reminders::ReminderStore;
 }
 
@@ -352,6 +354,9 @@ impl Store for postgres::PostgresStore {
         self
     }
     fn webhooks(&self) -> &dyn webhooks::WebhookStore {
+        self
+    }
+    fn access(&self) -> &dyn access::AccessStore {
         self
     }
     fn reminders(&self) -> &dyn reminders::ReminderStore {
@@ -364,6 +369,9 @@ impl Store for sqlite::SqliteStore {
         self
     }
     fn webhooks(&self) -> &dyn webhooks::WebhookStore {
+        self
+    }
+    fn access(&self) -> &dyn access::AccessStore {
         self
     }
     fn reminders(&self) -> &dyn reminders::ReminderStore {

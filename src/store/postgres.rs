@@ -55,6 +55,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
+mod access;
 mod audit_chain;
 mod read_models;
 mod reminders;
@@ -95,6 +96,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_server_secrets",
         include_str!("../../migrations/postgres/0007_server_secrets.sql"),
+    ),
+    (
+        "0008_revocation",
+        include_str!("../../migrations/postgres/0008_revocation.sql"),
     ),
 ];
 
@@ -207,6 +212,8 @@ pub struct PostgresStore {
     appends: mpsc::Sender<PendingAppend>,
     /// For the committers' own connections.
     config: tokio_postgres::Config,
+    /// Revocations heard on this instance's listening connection.
+    revocations: Arc<crate::store::access::RevocationFeed>,
 }
 
 impl PostgresStore {
@@ -267,6 +274,7 @@ impl PostgresStore {
             pool,
             appends,
             config: committer_config.clone(),
+            revocations: Arc::default(),
         };
         store.ping().await?;
         let queue = Arc::new(Mutex::new(queue));

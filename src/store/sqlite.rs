@@ -21,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
+mod access;
 mod audit_chain;
 mod read_models;
 mod reminders;
@@ -58,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_server_secrets",
         include_str!("../../migrations/sqlite/0006_server_secrets.sql"),
     ),
+    (
+        "0007_revocation",
+        include_str!("../../migrations/sqlite/0007_revocation.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before failing.
@@ -88,6 +93,8 @@ struct Inner {
     writer: Mutex<Connection>,
     /// Idle read connections; a read takes one or opens a new one.
     readers: Mutex<Vec<Connection>>,
+    /// Revocations made in this process or read from the file.
+    revocations: crate::store::access::RevocationFeed,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -126,6 +133,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                revocations: Default::default(),
             }),
         })
     }

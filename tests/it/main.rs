@@ -11,6 +11,7 @@ mod api_events;
 mod api_feed;
 mod api_rate_limits;
 mod api_restart;
+mod api_revocation;
 mod api_security;
 mod api_webhooks;
 mod audit_chain;

@@ -276,6 +276,69 @@ async fn a_key_revoked_on_one_instance_is_refused_and_its_sockets_and_streams_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_an_instance_could_not_hear_still_takes_effect_within_a_second() {
+    let deployment = Deployment::postgres().await;
+    let a = deployment.start().await;
+    let b = deployment.start().await;
+    let (tenant, admin) = deployment.tenant_with_admin("Deaf Hospital").await;
+    let victim = deployment.create_api_key(&tenant, "admin").await;
+    assert_eq!(
+        b.gql_ok(&victim, ME, json!({})).await["me"]["role"],
+        "admin"
+    );
+    let socket = Socket::subscribed(&b, Protocol::Transport, &victim).await;
+
+    // Both instances lose the connection they hear revocations on, and the
+    // key is revoked before they have listened again: the NOTIFY is lost.
+    let url = deployment.database_url().unwrap();
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let cut = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'buktor-revocations'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 2, "one listening connection per instance");
+    a.gql_ok(
+        &admin,
+        "mutation($id: ID!) { revokeApiKey(id: $id) { id } }",
+        json!({"id": key_id(&victim)}),
+    )
+    .await;
+    let start = Instant::now();
+    let (refused, (code, closed)) = tokio::join!(refused_at(&b, &victim), socket.closed());
+    let took = |at: Instant| at.saturating_duration_since(start);
+    eprintln!(
+        "revocation unheard by B after: 401 {:?}, socket close {:?}",
+        took(refused),
+        took(closed)
+    );
+    assert_eq!(code, Some(4403));
+    assert!(took(refused) < WITHIN && took(closed) < WITHIN);
+    assert!(
+        b.output()
+            .contains("lost the PostgreSQL connection that hears revocations"),
+        "the loss is logged"
+    );
+    // Listening again: the next revocation is heard as usual.
+    let other = deployment.create_api_key(&tenant, "staff").await;
+    assert_eq!(b.gql_ok(&other, ME, json!({})).await["me"]["role"], "staff");
+    a.gql_ok(
+        &admin,
+        "mutation($id: ID!) { revokeApiKey(id: $id) { id } }",
+        json!({"id": key_id(&other)}),
+    )
+    .await;
+    let start = Instant::now();
+    assert!(refused_at(&b, &other).await - start < WITHIN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admins_list_and_revoke_and_only_their_own_hospitals_keys() {
     let deployment = Deployment::embedded();
     let server = deployment.start().await;

@@ -23,6 +23,9 @@ const KEY_COLUMNS: &str =
 const SESSION_COLUMNS: &str = "id, tenant_id, user_id, name, role, created_at, expires_at, \
      last_used_at, revoked_at, revoked_by";
 
+/// How the listening connection shows in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "buktor-revocations";
+
 /// How often the listening connection is checked: a connection that died
 /// without a word (a network partition) would otherwise hear nothing.
 const HEALTH_CHECK: Duration = Duration::from_secs(5);
@@ -278,30 +281,38 @@ impl AccessStore for PostgresStore {
 /// this process listens. Whenever it is not certain to have heard
 /// everything (it connects, or its connection was lost) it announces
 /// [`Revocation::Unknown`], so that listeners check all they hold.
-async fn listen(config: tokio_postgres::Config, feed: Arc<RevocationFeed>) {
+async fn listen(mut config: tokio_postgres::Config, feed: Arc<RevocationFeed>) {
+    // Named apart from the committers, so an operator can tell it in
+    // `pg_stat_activity` (unless the URL names an application).
+    if config.get_application_name() == Some(super::COMMITTER_APPLICATION_NAME) {
+        config.application_name(LISTENER_APPLICATION_NAME);
+    }
     let mut failures = 0u32;
     loop {
-        let reason = listen_once(&config, &feed).await;
+        let (reason, listened) = listen_once(&config, &feed).await;
         if feed.is_unheard() {
             return;
         }
         feed.announce(Revocation::Unknown);
-        failures += 1;
+        // Back off over consecutive failures only: a connection that was
+        // listening is replaced at once, to keep the one-second promise.
+        failures = if listened { 1 } else { failures + 1 };
         tracing::warn!(
             reason = %reason,
             failures,
             "lost the PostgreSQL connection that hears revocations; reconnecting"
         );
-        let pause = Duration::from_millis(100) * 2u32.pow(failures.min(6));
+        let pause = Duration::from_millis(50) * 2u32.pow(failures.min(7));
         tokio::time::sleep(pause.min(Duration::from_secs(5))).await;
     }
 }
 
-/// One listening connection, until it fails; returns why.
-async fn listen_once(config: &tokio_postgres::Config, feed: &RevocationFeed) -> String {
+/// One listening connection, until it fails; returns why, and whether it
+/// got as far as listening.
+async fn listen_once(config: &tokio_postgres::Config, feed: &RevocationFeed) -> (String, bool) {
     let (client, mut connection) = match config.connect(NoTls).await {
         Ok(pair) => pair,
-        Err(e) => return format!("cannot connect: {e}"),
+        Err(e) => return (format!("cannot connect: {e}"), false),
     };
     let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<Result<String, String>>();
     let driver = tokio::spawn(async move {
@@ -319,10 +330,12 @@ async fn listen_once(config: &tokio_postgres::Config, feed: &RevocationFeed) -> 
         }
         let _ = tx.send(Err("the connection ended".into()));
     });
+    let mut listened = false;
     let reason = async {
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             return format!("cannot LISTEN: {e}");
         }
+        listened = true;
         // Whatever was revoked before LISTEN took effect went unheard.
         feed.announce(Revocation::Unknown);
         loop {
@@ -347,5 +360,5 @@ async fn listen_once(config: &tokio_postgres::Config, feed: &RevocationFeed) -> 
     }
     .await;
     driver.abort();
-    reason
+    (reason, listened)
 }

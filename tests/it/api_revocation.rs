@@ -631,3 +631,71 @@ async fn the_cli_refuses_names_the_api_refuses_and_never_prints_control_characte
     );
     assert_eq!(listing.lines().count(), 1, "{listing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_admins_revoke_sessions_one_by_one_or_all_of_a_user() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "Session CLI Hospital").await;
+    let one = session(&server, &h.admin, "nurse-2", "staff").await;
+    let two = session(&server, &h.admin, "nurse-2", "staff").await;
+    let three = session(&server, &h.admin, "nurse-2", "staff").await;
+    let other_user = session(&server, &h.admin, "nurse-3", "auditor").await;
+    for s in [&one, &two, &three, &other_user] {
+        assert_eq!(server.gql(s, ME, json!({})).await["errors"], Value::Null);
+    }
+
+    let listing = deployment
+        .cli(&[
+            "session", "list", "--tenant", &h.tenant, "--user", "nurse-2",
+        ])
+        .await;
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    for s in [&one, &two, &three] {
+        assert!(!listing.contains(s.trim_start_matches("bks_")), "{listing}");
+    }
+    // Newest first: the last line is `one`.
+    let one_id = listing.lines().last().unwrap().split('\t').next().unwrap();
+    let out = deployment
+        .cli(&["session", "revoke", "--tenant", &h.tenant, "--id", one_id])
+        .await;
+    assert!(out.starts_with(one_id), "{out}");
+    let start = Instant::now();
+    assert!(refused_at(&server, &one).await - start < WITHIN);
+    assert_eq!(server.gql(&two, ME, json!({})).await["errors"], Value::Null);
+
+    // An admin ends the rest of the user's sessions at once; nurse-3 stays.
+    let revoked = server
+        .gql_ok(
+            &h.admin,
+            "mutation { revokeUserSessions(user: \"nurse-2\") { id user revokedAt } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        revoked["revokeUserSessions"].as_array().unwrap().len(),
+        2,
+        "only the two still open: {revoked}"
+    );
+    for s in [&two, &three] {
+        let answer = server
+            .post_raw(Some(s), json!({"query": ME}).to_string())
+            .await;
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    assert_eq!(
+        server.gql(&other_user, ME, json!({})).await["errors"],
+        Value::Null
+    );
+    let unknown = deployment
+        .cli_output(&[
+            "session",
+            "revoke",
+            "--tenant",
+            &h.tenant,
+            "--id",
+            &uuid::Uuid::new_v4().to_string(),
+        ])
+        .await;
+    assert!(!unknown.status.success());
+}

@@ -75,6 +75,7 @@ crate::support::for_both_stores!(
     the_directory_keeps_tenants_and_api_keys,
     a_follower_sees_every_event_of_concurrent_writers_once_and_in_order,
     an_event_stored_in_an_old_schema_version_is_read_in_the_current_one,
+    revocations_keep_the_first_stay_in_their_hospital_and_are_announced,
 );
 
 /// An `AppointmentBooked` written by an older server (schema version 1, the
@@ -1262,4 +1263,185 @@ mod sqlite_only {
             all
         );
     }
+}
+
+/// Waits up to 5 s for `expected` on the feed, past anything else (a
+/// revocation may be announced more than once, and `Unknown` means "check
+/// everything").
+async fn heard(
+    rx: &mut tokio::sync::broadcast::Receiver<buktor::store::access::Revocation>,
+    expected: buktor::store::access::Revocation,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(r)) if r == expected => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("the feed failed: {e}"),
+            Err(_) => panic!("{expected:?} was not announced within 5 s"),
+        }
+    }
+}
+
+async fn revocations_keep_the_first_stay_in_their_hospital_and_are_announced<S: Backend>(
+    store: &S,
+) {
+    use buktor::store::access::{Revocation, RevokedBy, SessionRecord};
+    let access = store.access();
+    let mut rx = access.revocations();
+    // The feed says `Unknown` once it hears (before that, a revocation
+    // could go unheard: listeners then check everything).
+    heard(&mut rx, Revocation::Unknown).await;
+    let now = micros(Utc::now());
+    let tenant = TenantRecord {
+        id: TenantId::new(),
+        name: "Revoking".into(),
+        time_zone: chrono_tz::Europe::Berlin,
+        created_at: now,
+    };
+    let other = TenantRecord {
+        id: TenantId::new(),
+        name: "Elsewhere".into(),
+        ..tenant.clone()
+    };
+    store.create_tenant(&tenant).await.unwrap();
+    store.create_tenant(&other).await.unwrap();
+    let key = ApiKeyRecord {
+        id: Uuid::now_v7(),
+        tenant: tenant.id,
+        name: "desk".into(),
+        role: Role::Staff,
+        secret_hash: vec![1; 32],
+        created_at: now,
+        revoked_at: None,
+    };
+    store.create_api_key(&key).await.unwrap();
+    let by = |actor: &'static str, at: DateTime<Utc>| RevokedBy { actor, at };
+
+    // Another hospital can neither see nor revoke it.
+    assert!(access.api_keys(other.id).await.unwrap().is_empty());
+    assert!(access
+        .revoke_api_key(other.id, key.id, by("api-key:x", now))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .api_key(key.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+
+    let first = micros(now + chrono::Duration::seconds(1));
+    let revoked = access
+        .revoke_api_key(tenant.id, key.id, by("cli:ops", first))
+        .await
+        .unwrap()
+        .expect("the hospital's key");
+    assert_eq!(revoked.key.revoked_at, Some(first));
+    assert_eq!(revoked.revoked_by.as_deref(), Some("cli:ops"));
+    heard(&mut rx, Revocation::ApiKey(key.id)).await;
+    // Again: the first revocation stays.
+    let again = access
+        .revoke_api_key(
+            tenant.id,
+            key.id,
+            by("user:late", first + chrono::Duration::seconds(5)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.key.revoked_at, Some(first));
+    assert_eq!(again.revoked_by.as_deref(), Some("cli:ops"));
+    let listed = access.api_keys(tenant.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key.revoked_at, Some(first));
+    assert_eq!(
+        store.api_key(key.id).await.unwrap().unwrap().revoked_at,
+        Some(first)
+    );
+
+    // Last use only moves forward.
+    let later = micros(now + chrono::Duration::seconds(30));
+    access.touch_api_key(key.id, later).await.unwrap();
+    access.touch_api_key(key.id, now).await.unwrap();
+    assert_eq!(
+        access.api_keys(tenant.id).await.unwrap()[0].last_used_at,
+        Some(later)
+    );
+
+    let session =
+        |user: &str, expires_at: DateTime<Utc>, created_at: DateTime<Utc>| SessionRecord {
+            id: Uuid::new_v4(),
+            tenant: tenant.id,
+            user: user.into(),
+            name: format!("{user} name"),
+            role: Role::Staff,
+            created_at,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_by: None,
+        };
+    let hours = chrono::Duration::hours;
+    let open = session("u1", now + hours(8), now);
+    let expired = session("u1", now - hours(1), now - hours(9));
+    let newer = session("u1", now + hours(8), now + chrono::Duration::seconds(2));
+    let elsewhere = session("u2", now + hours(8), now);
+    for s in [&open, &expired, &newer, &elsewhere] {
+        access.create_session(s).await.unwrap();
+    }
+    assert_eq!(access.session(open.id).await.unwrap(), Some(open.clone()));
+    let ids = |list: Vec<SessionRecord>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(access.sessions(tenant.id, Some("u1"), now).await.unwrap()),
+        vec![newer.id, open.id],
+        "unexpired, newest first"
+    );
+    assert_eq!(
+        access.sessions(tenant.id, None, now).await.unwrap().len(),
+        3
+    );
+    assert!(access
+        .sessions(other.id, None, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(access
+        .revoke_session(other.id, open.id, by("api-key:x", now))
+        .await
+        .unwrap()
+        .is_none());
+
+    let one = access
+        .revoke_session(tenant.id, open.id, by("user:admin", first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (one.revoked_at, one.revoked_by.as_deref()),
+        (Some(first), Some("user:admin"))
+    );
+    heard(&mut rx, Revocation::Session(open.id)).await;
+    // All of u1's: only the one still open and unexpired.
+    let rest = access
+        .revoke_user_sessions(tenant.id, "u1", by("user:admin", first))
+        .await
+        .unwrap();
+    assert_eq!(ids(rest), vec![newer.id]);
+    heard(&mut rx, Revocation::Session(newer.id)).await;
+    assert!(access
+        .revoke_user_sessions(tenant.id, "u1", by("user:admin", first))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(access
+        .session(elsewhere.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
 }

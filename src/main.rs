@@ -138,12 +138,22 @@ enum AuditCommand {
         #[arg(long)]
         patient: Option<String>,
         /// Events recorded at or after this time (RFC 3339); needs --to.
-        #[arg(long, requires = "to")]
+        #[arg(long, requires = "to", value_parser = accepted_time)]
         from: Option<chrono::DateTime<chrono::Utc>>,
         /// ... and before this time.
-        #[arg(long, requires = "from")]
+        #[arg(long, requires = "from", value_parser = accepted_time)]
         to: Option<chrono::DateTime<chrono::Utc>>,
     },
+}
+
+/// An RFC 3339 time within the years the API accepts (`buktor_domain::time`).
+fn accepted_time(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| format!("{raw:?} is not an RFC 3339 time: {e}"))?;
+    buktor_domain::time::check_instant("time", t.with_timezone(&chrono::Utc)).map_err(|e| match e {
+        buktor_domain::DomainError::InvalidInput { message, .. } => message,
+        other => other.to_string(),
+    })
 }
 
 #[derive(Subcommand)]

@@ -10,12 +10,17 @@ use crate::error::{DomainError, DomainResult};
 use crate::practitioner::Practitioner;
 use crate::schedule::Schedule;
 use crate::service::{DefinedService, Service};
+use crate::time::local_day;
 use crate::values::{PatientRef, Reason, ShortText};
 use crate::{AppointmentId, PractitionerId, ReservationId, ServiceId};
 
 /// What a booking needs to know, loaded by the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct BookingContext<'a> {
+    /// The hospital's time zone: the calendar day of a booking is the date
+    /// a clock in the hospital shows at its start, whether or not the
+    /// practitioner has a schedule (one without events is in UTC).
+    pub time_zone: chrono_tz::Tz,
     pub practitioner: &'a Practitioner,
     pub service: &'a Service,
     pub schedule: &'a Schedule,
@@ -108,7 +113,7 @@ fn bookable_hold(
     if !ctx.schedule.offers(start, details.duration) {
         return Err(DomainError::OutsideAvailability { start });
     }
-    if !hold.within_day(ctx.schedule) {
+    if !hold.within_day(ctx.time_zone) {
         return Err(DomainError::OutsideAvailability { start });
     }
     Ok(hold)
@@ -194,13 +199,14 @@ pub fn reserve(
     )
 }
 
-/// The calendar stream a booking at `start` with `practitioner` goes to.
+/// The calendar stream a booking at `start` with `practitioner` goes to,
+/// in a hospital in `zone`.
 pub fn calendar_for(
-    schedule: &Schedule,
+    zone: chrono_tz::Tz,
     practitioner: PractitionerId,
     start: DateTime<Utc>,
 ) -> String {
-    calendar_stream(practitioner, schedule.local_date(start))
+    calendar_stream(practitioner, local_day(zone, start))
 }
 
 pub fn book(
@@ -220,7 +226,7 @@ pub fn book(
         cmd.start,
         overriding,
     )?;
-    let day = ctx.schedule.local_date(cmd.start);
+    let day = local_day(ctx.time_zone, cmd.start);
     let end = hold.end;
     let held = hold_on(
         ctx,
@@ -271,7 +277,7 @@ pub fn reschedule(
         overriding,
     )?;
     let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
-    let new_day = ctx.schedule.local_date(cmd.start);
+    let new_day = local_day(ctx.time_zone, cmd.start);
     let new_stream = calendar_stream(practitioner_id, new_day);
     let end = hold.end;
     let released = old_calendar.release(current.practitioner_id, cmd.appointment_id);

@@ -46,8 +46,9 @@ impl Hold {
     /// of its start. Each day's calendar is checked alone, so time that
     /// spilled over midnight would be invisible to the neighbouring day's
     /// bookings: such a hold is not offered and not accepted.
-    pub fn within_day(&self, schedule: &crate::schedule::Schedule) -> bool {
-        let (day_start, day_end) = schedule.day_bounds(schedule.local_date(self.start));
+    pub fn within_day(&self, zone: chrono_tz::Tz) -> bool {
+        let (day_start, day_end) =
+            crate::time::day_bounds(zone, crate::time::local_day(zone, self.start));
         let (from, to) = self.occupied();
         day_start <= from && to <= day_end
     }

@@ -19,6 +19,7 @@ pub mod patient;
 pub mod practitioner;
 pub mod schedule;
 pub mod service;
+pub mod time;
 pub mod values;
 
 pub use aggregate::{decode, encode, Aggregate, DecodeError, DomainEvent, EncodedEvent};

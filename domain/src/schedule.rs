@@ -57,6 +57,10 @@ impl WeeklyRule {
             ));
         }
         check_times(start, end)?;
+        let effective_from = crate::time::check_date("effectiveFrom", effective_from)?;
+        let effective_to = effective_to
+            .map(|to| crate::time::check_date("effectiveTo", to))
+            .transpose()?;
         if effective_to.is_some_and(|to| to < effective_from) {
             return Err(DomainError::invalid(
                 "effectiveTo",
@@ -123,6 +127,7 @@ impl ScheduleException {
         end: Option<NaiveTime>,
         reason: Option<Reason>,
     ) -> DomainResult<Self> {
+        let date = crate::time::check_date("date", date)?;
         match (start, end) {
             (Some(s), Some(e)) => check_times(s, e)?,
             (None, None) => {}
@@ -150,6 +155,7 @@ impl ScheduleException {
         reason: Option<Reason>,
     ) -> DomainResult<Self> {
         check_times(start, end)?;
+        let date = crate::time::check_date("date", date)?;
         Ok(ScheduleException {
             id,
             date,
@@ -312,9 +318,14 @@ impl Schedule {
         }])
     }
 
+    /// Adds an exception on a date of the hospital in `time_zone`. A
+    /// schedule that never had weekly rules is still in UTC (its default);
+    /// it first takes the hospital's zone, so that an extra session on a
+    /// schedule of exceptions alone is at the local time it names.
     pub fn add_exception(
         &self,
         practitioner_id: PractitionerId,
+        time_zone: Tz,
         exception: ScheduleException,
     ) -> DomainResult<Vec<ScheduleEvent>> {
         if let Some(existing) = self.exceptions.get(&exception.id) {
@@ -326,10 +337,12 @@ impl Schedule {
                 "an exception with this id exists with other content",
             ));
         }
-        Ok(vec![ScheduleEvent::ScheduleExceptionAdded {
+        let mut events = self.set_weekly_rules(practitioner_id, time_zone, self.rules.clone())?;
+        events.push(ScheduleEvent::ScheduleExceptionAdded {
             practitioner_id,
             exception,
-        }])
+        });
+        Ok(events)
     }
 
     /// The whole schedule as its master record (the HIS) has it: the weekly
@@ -361,7 +374,7 @@ impl Schedule {
             record(&mut state, decided);
         }
         for exception in exceptions {
-            let decided = state.add_exception(practitioner_id, exception.clone())?;
+            let decided = state.add_exception(practitioner_id, time_zone, exception.clone())?;
             record(&mut state, decided);
         }
         Ok(events)
@@ -383,16 +396,12 @@ impl Schedule {
 
     /// The real-time span of the local `date`: from its midnight to the next.
     pub fn day_bounds(&self, date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-        let next = date.succ_opt().unwrap_or(date);
-        (
-            resolve_local(self.time_zone, date, NaiveTime::MIN),
-            resolve_local(self.time_zone, next, NaiveTime::MIN),
-        )
+        crate::time::day_bounds(self.time_zone, date)
     }
 
     /// The local calendar date of an instant in this schedule's time zone.
     pub fn local_date(&self, instant: DateTime<Utc>) -> NaiveDate {
-        instant.with_timezone(&self.time_zone).date_naive()
+        crate::time::local_day(self.time_zone, instant)
     }
 
     /// The day's bookable windows with their grids, extra sessions first,
@@ -659,14 +668,14 @@ mod tests {
             None,
         )
         .unwrap();
-        for e in s.add_exception(p, leave.clone()).unwrap() {
+        for e in s.add_exception(p, s.time_zone, leave.clone()).unwrap() {
             s.apply(&e);
         }
         assert_eq!(s.slots_on(day, half).len(), 4);
         let whole =
             ScheduleException::unavailable(Uuid::new_v4(), d(2026, 12, 2), None, None, None)
                 .unwrap();
-        for e in s.add_exception(p, whole).unwrap() {
+        for e in s.add_exception(p, s.time_zone, whole).unwrap() {
             s.apply(&e);
         }
         assert!(s.slots_on(d(2026, 12, 2), half).is_empty());
@@ -679,12 +688,15 @@ mod tests {
             None,
         )
         .unwrap();
-        for e in s.add_exception(p, extra).unwrap() {
+        for e in s.add_exception(p, s.time_zone, extra).unwrap() {
             s.apply(&e);
         }
         assert_eq!(s.slots_on(d(2026, 12, 2), half).len(), 2);
         // Adding the same exception again is a no-op; removing an unknown one is an error.
-        assert!(s.add_exception(p, leave.clone()).unwrap().is_empty());
+        assert!(s
+            .add_exception(p, s.time_zone, leave.clone())
+            .unwrap()
+            .is_empty());
         assert_eq!(
             s.remove_exception(p, Uuid::new_v4()).unwrap_err().code(),
             "EXCEPTION_NOT_FOUND"
@@ -693,6 +705,56 @@ mod tests {
             s.apply(&e);
         }
         assert_eq!(s.slots_on(day, half).len(), 6);
+    }
+
+    #[test]
+    fn dates_outside_the_accepted_years_are_refused() {
+        let far = NaiveDate::MAX;
+        let e = WeeklyRule::parse([Mon], t(8, 0), t(9, 0), 15, far, None).unwrap_err();
+        assert_eq!(e.to_string().split(':').next(), Some("effectiveFrom"));
+        let e =
+            WeeklyRule::parse([Mon], t(8, 0), t(9, 0), 15, d(2026, 1, 1), Some(far)).unwrap_err();
+        assert_eq!(e.to_string().split(':').next(), Some("effectiveTo"));
+        assert!(
+            ScheduleException::unavailable(Uuid::new_v4(), NaiveDate::MIN, None, None, None)
+                .is_err()
+        );
+        assert!(ScheduleException::extra_session(
+            Uuid::new_v4(),
+            d(2200, 1, 1),
+            t(9, 0),
+            t(10, 0),
+            15,
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn an_extra_session_on_a_schedule_without_rules_is_in_the_hospitals_zone() {
+        let tz = chrono_tz::Europe::Amsterdam;
+        let p = PractitionerId::new();
+        let extra = ScheduleException::extra_session(
+            Uuid::new_v4(),
+            d(2026, 12, 9),
+            t(0, 0),
+            t(1, 0),
+            30,
+            None,
+        )
+        .unwrap();
+        let s = Schedule::from_events(&Schedule::default().add_exception(p, tz, extra).unwrap());
+        assert_eq!(s.time_zone, tz);
+        let half = Minutes::parse("d", 30, 5, 480).unwrap();
+        // 00:00 and 00:30 in Amsterdam: 23:00 and 23:30 UTC the day before.
+        assert_eq!(
+            s.slots_on(d(2026, 12, 9), half),
+            vec![
+                Utc.with_ymd_and_hms(2026, 12, 8, 23, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 12, 8, 23, 30, 0).unwrap()
+            ]
+        );
+        assert!(s.offers(Utc.with_ymd_and_hms(2026, 12, 8, 23, 30, 0).unwrap(), half));
     }
 
     #[test]

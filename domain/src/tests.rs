@@ -79,6 +79,7 @@ fn world() -> World {
 impl World {
     fn ctx(&self) -> BookingContext<'_> {
         BookingContext {
+            time_zone: TZ,
             practitioner: &self.practitioner,
             service: &self.service,
             schedule: &self.schedule,
@@ -737,4 +738,71 @@ fn a_synced_practitioner_is_registered_then_updated_and_deactivated() {
     let p = Practitioner::from_events(created.iter().chain(&changed));
     let now = p.get(id).unwrap();
     assert_eq!((now.details.name.as_str(), now.active), ("Dr. B", false));
+}
+
+/// A forced booking for a practitioner without a schedule (the HIS sends
+/// appointments for practitioners Buktor keeps no schedule for) goes to
+/// the hospital's local day, at every half hour of days around the DST
+/// changes, in zones far east and west of UTC. It went to the UTC day
+/// (the empty schedule's zone), which was not the calendar the server
+/// loaded: a 503 between 00:00 and 01:00 in Amsterdam.
+#[test]
+fn a_forced_booking_without_a_schedule_goes_to_the_local_day_at_every_half_hour() {
+    let w = world();
+    let no_schedule = Schedule::default();
+    let because = Reason::parse("forceReason", "HIS master record").unwrap();
+    let zones: [(Tz, &[&str]); 4] = [
+        (TZ, &["2026-03-29", "2026-10-25", "2026-12-10"]),
+        (
+            chrono_tz::Pacific::Kiritimati,
+            &["2026-12-10", "2026-12-31"],
+        ),
+        (
+            chrono_tz::Pacific::Auckland,
+            &["2026-04-05", "2026-09-27", "2026-12-10"],
+        ),
+        (
+            chrono_tz::America::Los_Angeles,
+            &["2026-03-08", "2026-11-01", "2026-12-10"],
+        ),
+    ];
+    for (zone, days) in zones {
+        for day in days.iter().map(|d| d.parse::<NaiveDate>().unwrap()) {
+            for half_hours in 0..48 {
+                let local = day.and_time(NaiveTime::MIN) + Duration::minutes(30 * half_hours);
+                // Skipped by a spring-forward: no such wall-clock time.
+                let Some(start) = zone.from_local_datetime(&local).earliest() else {
+                    continue;
+                };
+                let start = start.with_timezone(&Utc);
+                let ctx = BookingContext {
+                    time_zone: zone,
+                    schedule: &no_schedule,
+                    ..w.ctx()
+                };
+                let d = booking::book(
+                    &ctx,
+                    &Appointment::default(),
+                    &CalendarDay::default(),
+                    BookAppointment {
+                        overriding: Some(because.clone()),
+                        ..w.cmd(start)
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{local} in {zone}: {e}"));
+                let expected = crate::calendar::calendar_stream(w.practitioner_id, day);
+                assert_eq!(d.calendar[0].0, expected, "{local} in {zone}");
+                assert_eq!(
+                    d.calendar[0].0,
+                    booking::calendar_for(zone, w.practitioner_id, start)
+                );
+                match &d.appointment {
+                    AppointmentEvent::AppointmentBooked { calendar_day, .. } => {
+                        assert_eq!(*calendar_day, day, "{local} in {zone}")
+                    }
+                    other => panic!("expected a booking, got {other:?}"),
+                }
+            }
+        }
+    }
 }

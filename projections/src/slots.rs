@@ -44,7 +44,7 @@ pub fn free_slots(
                 buffer_after: service.buffer_after,
                 capacity: service.capacity,
             };
-            if !hold.within_day(schedule) || !calendar.is_free_for(&hold, now) {
+            if !hold.within_day(schedule.time_zone) || !calendar.is_free_for(&hold, now) {
                 continue;
             }
             let reserved = calendar

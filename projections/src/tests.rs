@@ -322,7 +322,7 @@ impl World {
     fn add_exception(&mut self, p: PractitionerId, exception: ScheduleException) -> Uuid {
         let id = exception.id;
         let s: Schedule = self.stream(&stream_id::<Schedule>(p));
-        let events = s.add_exception(p, exception).unwrap();
+        let events = s.add_exception(p, AMS, exception).unwrap();
         self.write(stream_id::<Schedule>(p), &events);
         id
     }
@@ -376,9 +376,10 @@ impl World {
         let practitioner: Practitioner = self.stream(&stream_id::<Practitioner>(p));
         let service: Service = self.stream(&stream_id::<Service>(s));
         let schedule: Schedule = self.stream(&stream_id::<Schedule>(p));
-        let calendar: CalendarDay = self.stream(&booking::calendar_for(&schedule, p, start));
+        let calendar: CalendarDay = self.stream(&booking::calendar_for(AMS, p, start));
         let id = AppointmentId::new();
         let ctx = BookingContext {
+            time_zone: AMS,
             practitioner: &practitioner,
             service: &service,
             schedule: &schedule,
@@ -417,11 +418,12 @@ impl World {
         let service: Service = self.stream(&stream_id::<Service>(current.service_id));
         let schedule: Schedule = self.stream(&stream_id::<Schedule>(p));
         let old_stream = calendar_stream(p, current.calendar_day);
-        let new_stream = booking::calendar_for(&schedule, p, start);
+        let new_stream = booking::calendar_for(AMS, p, start);
         let old_calendar: CalendarDay = self.stream(&old_stream);
         let new_calendar: Option<CalendarDay> =
             (new_stream != old_stream).then(|| self.stream(&new_stream));
         let ctx = BookingContext {
+            time_zone: AMS,
             practitioner: &practitioner,
             service: &service,
             schedule: &schedule,

@@ -9,6 +9,7 @@ use buktor_domain::calendar::calendar_stream;
 use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
 use buktor_domain::schedule::{Schedule, ScheduleException, WeeklyRule};
 use buktor_domain::service::{Service, ServiceDetails};
+use buktor_domain::time::Instant;
 use buktor_domain::values::{PatientRef, Reason, ShortText};
 use buktor_domain::{AppointmentId, PractitionerId, ReservationId, Role, ServiceId};
 use chrono::{DateTime, Utc};
@@ -307,7 +308,9 @@ impl AddScheduleException {
             |s| &s.schedules,
             stream,
             self.exception.id,
-            |state| state.add_exception(self.practitioner_id, self.exception.clone()),
+            |state| {
+                state.add_exception(self.practitioner_id, ctx.time_zone, self.exception.clone())
+            },
         )
         .await
     }
@@ -351,7 +354,9 @@ pub struct Book {
     pub appointment_id: Option<AppointmentId>,
     pub practitioner_id: PractitionerId,
     pub service_id: ServiceId,
-    pub start: DateTime<Utc>,
+    /// Parsed at the edge: within the years Buktor accepts, so every
+    /// conversion below stays in range (`buktor_domain::time`).
+    pub start: Instant,
     pub patient: PatientRef,
     pub note: Option<Reason>,
     pub his_appointment_id: Option<ShortText>,
@@ -364,7 +369,7 @@ pub struct Book {
 command!(Book, "bookAppointment", books_or_patient, book, |c, ctx| {
     Some(calendar_stream(
         c.practitioner_id,
-        c.start.with_timezone(&ctx.time_zone).date_naive(),
+        c.start.local_day(ctx.time_zone),
     ))
 });
 
@@ -378,7 +383,7 @@ impl Book {
         let id = self
             .appointment_id
             .unwrap_or(AppointmentId::from_uuid(new_id));
-        let day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let day = self.start.local_day(ctx.time_zone);
         let (practitioner, service, schedule, calendar, appointment) = s
             .load5(
                 ctx.tenant,
@@ -393,6 +398,7 @@ impl Book {
             )
             .await?;
         let ctx_b = BookingContext {
+            time_zone: ctx.time_zone,
             practitioner: &practitioner.state,
             service: &service.state,
             schedule: &schedule.state,
@@ -408,7 +414,7 @@ impl Book {
                 appointment_id: id,
                 practitioner_id: self.practitioner_id,
                 service_id: self.service_id,
-                start: self.start,
+                start: self.start.get(),
                 patient: self.patient.clone(),
                 note: self.note.clone(),
                 his_appointment_id: self.his_appointment_id.clone(),
@@ -420,8 +426,9 @@ impl Book {
         let mut streams = Vec::new();
         for (stream, events) in decision.calendar {
             if stream != calendar_id {
+                // Both days come from the hospital's zone: a bug if they differ.
                 return Err(super::AppError::Corrupt(format!(
-                    "schedule time zone differs from the hospital's: {stream} is not {calendar_id}"
+                    "the booking decided on calendar {stream}, not the loaded {calendar_id}"
                 )));
             }
             streams.push(Pending::new(
@@ -450,7 +457,7 @@ impl Book {
 pub struct Reschedule {
     pub appointment_id: AppointmentId,
     pub practitioner_id: Option<PractitionerId>,
-    pub start: DateTime<Utc>,
+    pub start: Instant,
     pub reason: Option<Reason>,
     pub overriding: Option<Reason>,
     /// A hold on the new time, which the move takes over.
@@ -478,7 +485,7 @@ impl Reschedule {
         let current = appointment.state.ensure_reschedulable(id)?;
         let practitioner_id = self.practitioner_id.unwrap_or(current.practitioner_id);
         let old_stream = calendar_stream(current.practitioner_id, current.calendar_day);
-        let new_day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let new_day = self.start.local_day(ctx.time_zone);
         let new_stream = calendar_stream(practitioner_id, new_day);
         // The target day is read with the rest; when it is the same day, the
         // fifth read is a repeat of the fourth that finds nothing new.
@@ -494,6 +501,7 @@ impl Reschedule {
             .await?;
         let new_calendar = (new_stream != old_stream).then_some(target_calendar);
         let ctx_b = BookingContext {
+            time_zone: ctx.time_zone,
             practitioner: &practitioner.state,
             service: &service.state,
             schedule: &schedule.state,
@@ -507,7 +515,7 @@ impl Reschedule {
             RescheduleAppointment {
                 appointment_id: id,
                 practitioner_id: self.practitioner_id,
-                start: self.start,
+                start: self.start.get(),
                 reason: self.reason.clone(),
                 overriding: self.overriding.clone(),
                 reservation: self.reservation,
@@ -604,7 +612,7 @@ pub struct ReserveSlot {
     pub reservation_id: ReservationId,
     pub practitioner_id: PractitionerId,
     pub service_id: ServiceId,
-    pub start: DateTime<Utc>,
+    pub start: Instant,
     pub expires_at: DateTime<Utc>,
 }
 command!(
@@ -614,7 +622,7 @@ command!(
     reserve_slot,
     |c, ctx| Some(calendar_stream(
         c.practitioner_id,
-        c.start.with_timezone(&ctx.time_zone).date_naive()
+        c.start.local_day(ctx.time_zone)
     ))
 );
 
@@ -625,7 +633,7 @@ impl ReserveSlot {
         ctx: &CommandContext,
         _: Uuid,
     ) -> AppResult<Decided> {
-        let day = self.start.with_timezone(&ctx.time_zone).date_naive();
+        let day = self.start.local_day(ctx.time_zone);
         let stream = calendar_stream(self.practitioner_id, day);
         // The fifth read repeats the fourth and finds nothing new: one round trip.
         let (practitioner, service, schedule, calendar, _) = s
@@ -643,6 +651,7 @@ impl ReserveSlot {
             .await?;
         let event = booking::reserve(
             &BookingContext {
+                time_zone: ctx.time_zone,
                 practitioner: &practitioner.state,
                 service: &service.state,
                 schedule: &schedule.state,
@@ -651,7 +660,7 @@ impl ReserveSlot {
             &calendar.state,
             self.practitioner_id,
             self.service_id,
-            self.start,
+            self.start.get(),
             self.reservation_id,
             self.expires_at,
         )?;

@@ -11,9 +11,9 @@ use buktor_domain::his::{his_record_stream, HisRecordKind, HisVersion};
 use buktor_domain::practitioner::{Practitioner, PractitionerDetails};
 use buktor_domain::schedule::{ScheduleException, WeeklyRule};
 use buktor_domain::service::{Service, ServiceDetails};
+use buktor_domain::time::Instant;
 use buktor_domain::values::{PatientRef, Reason, ShortText};
 use buktor_domain::{AppointmentId, DomainError, PractitionerId, Role, ServiceId, TenantId};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -85,7 +85,7 @@ pub struct UpsertHisAppointment {
     pub his_appointment_id: ShortText,
     pub practitioner_id: PractitionerId,
     pub service_id: ServiceId,
-    pub start: DateTime<Utc>,
+    pub start: Instant,
     pub patient: PatientRef,
     pub note: Option<Reason>,
     pub overriding: Option<Reason>,
@@ -103,7 +103,7 @@ impl Command for UpsertHisAppointment {
     fn contention_key(&self, ctx: &CommandContext) -> Option<String> {
         Some(buktor_domain::calendar::calendar_stream(
             self.practitioner_id,
-            self.start.with_timezone(&ctx.time_zone).date_naive(),
+            self.start.local_day(ctx.time_zone),
         ))
     }
 
@@ -160,7 +160,7 @@ impl UpsertHisAppointment {
             )
             .into());
         }
-        if booked.start == self.start && booked.practitioner_id == self.practitioner_id {
+        if booked.start == self.start.get() && booked.practitioner_id == self.practitioner_id {
             return Ok(Decided {
                 id: id.as_uuid(),
                 streams: Vec::new(),

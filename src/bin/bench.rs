@@ -588,7 +588,7 @@ async fn book_in_process(
                     appointment_id: None,
                     practitioner_id,
                     service_id: fixture.service,
-                    start,
+                    start: buktor_domain::time::Instant::parse("start", start)?,
                     patient: patient(i)?,
                     note: None,
                     his_appointment_id: None,
@@ -1515,6 +1515,7 @@ mod read_bench {
                     let now = Utc::now();
                     let (practitioner, schedule) = &states[p];
                     let context = BookingContext {
+                        time_zone: schedule.time_zone,
                         practitioner,
                         service: &service_state,
                         schedule,

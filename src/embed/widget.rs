@@ -17,6 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use buktor_domain::appointment::{BookedAppointment, CancelledBy};
 use buktor_domain::embedding::EmbeddingSettings;
 use buktor_domain::patient::PatientContact;
+use buktor_domain::time::Instant;
 use buktor_domain::values::{Email, Language, Name, PatientRef, Phone, Reason, ShortText};
 use buktor_domain::{
     Actor, AppointmentId, DomainError, PractitionerId, ReservationId, Role, ServiceId, Source,
@@ -475,7 +476,9 @@ impl SlotQuery {
             .transpose()?;
         let date = |field: &'static str, raw: &str| {
             raw.parse::<NaiveDate>()
-                .map_err(|_| invalid(DomainError::invalid(field, "a date YYYY-MM-DD")))
+                .map_err(|_| DomainError::invalid(field, "a date YYYY-MM-DD"))
+                .and_then(|d| buktor_domain::time::check_date(field, d))
+                .map_err(invalid)
         };
         let (from, to) = (date("from", &self.from)?, date("to", &self.to)?);
         if to < from || (to - from).num_days() >= MAX_DAYS {
@@ -554,6 +557,7 @@ async fn hold(
         let request: HoldRequest = parse_json(&body)?;
         let practitioner: PractitionerId = parse_id("practitionerId", &request.practitioner_id)?;
         let service: ServiceId = parse_id("serviceId", &request.service_id)?;
+        let start = Instant::parse("start", request.start).map_err(invalid)?;
         let now = state.scheduler.now();
         let expires_at = now + call.settings.hold_minutes.duration();
         let reservation = ReservationId::unguessable();
@@ -565,7 +569,7 @@ async fn hold(
                     reservation_id: reservation,
                     practitioner_id: practitioner,
                     service_id: service,
-                    start: request.start,
+                    start,
                     expires_at,
                 },
             )
@@ -575,7 +579,7 @@ async fn hold(
             reservation,
             practitioner,
             service,
-            start: request.start,
+            start: start.get(),
         };
         let token = state
             .tokens
@@ -595,7 +599,7 @@ struct HeldSlot {
     reservation: ReservationId,
     practitioner: PractitionerId,
     service: ServiceId,
-    start: DateTime<Utc>,
+    start: Instant,
 }
 
 async fn held(state: &AppState, call: &Call, token: &str) -> Result<HeldSlot, Problem> {
@@ -622,7 +626,8 @@ async fn held(state: &AppState, call: &Call, token: &str) -> Result<HeldSlot, Pr
             reservation,
             practitioner,
             service,
-            start,
+            // Signed by this server from a start it parsed: always in range.
+            start: Instant::parse("holdId", start).map_err(invalid)?,
         }),
         _ => Err(token_problem(TokenError::Invalid)),
     }
@@ -636,7 +641,7 @@ async fn release(
     let (tenant, token) = path.into_inner();
     answer(&req, &state, &tenant, async |call| {
         let h = held(&state, call, &token).await?;
-        let day = h.start.with_timezone(&call.tenant.time_zone).date_naive();
+        let day = h.start.local_day(call.tenant.time_zone);
         state
             .scheduler
             .release_reservation(

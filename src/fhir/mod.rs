@@ -23,6 +23,7 @@ use buktor_domain::appointment::{
 };
 use buktor_domain::practitioner::RegisteredPractitioner;
 use buktor_domain::service::DefinedService;
+use buktor_domain::time::Instant;
 use buktor_domain::values::{Name, PatientRef, Reason, ShortText};
 use buktor_domain::{Actor, AppointmentId, PractitionerId, Role, ServiceId, Source, TenantId};
 use buktor_projections::catalog::{practitioner_key, service_key, CatalogDoc};
@@ -564,8 +565,8 @@ async fn appointment_search(
             }
             // Every appointment ever booked on those days, whatever its
             // status now (the calendar read model keeps only held time).
-            let first = from.with_timezone(&zone).date_naive();
-            let last = to.with_timezone(&zone).date_naive();
+            let first = buktor_domain::time::local_day(zone, from);
+            let last = buktor_domain::time::local_day(zone, to);
             let ids = state
                 .read_side
                 .practitioner_appointment_ids(tenant, practitioner, first, last)
@@ -816,12 +817,17 @@ fn command_context(req: &HttpRequest, p: &Principal) -> Result<CommandContext, O
     })
 }
 
-fn start_of(r: &Value) -> Result<Option<DateTime<Utc>>, Outcome> {
+/// The resource's `start`, within the years Buktor accepts.
+fn start_of(r: &Value) -> Result<Option<Instant>, Outcome> {
     match r.get("start") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| Outcome::invalid(format!("start: {s:?} is not a FHIR instant"))),
+            .map_err(|_| Outcome::invalid(format!("start: {s:?} is not a FHIR instant")))
+            .and_then(|t| {
+                Instant::parse("start", t.with_timezone(&Utc))
+                    .map(Some)
+                    .map_err(|e| Outcome::invalid(e.to_string()))
+            }),
         Some(other) => Err(Outcome::invalid(format!(
             "start: {other} is not a FHIR instant"
         ))),
@@ -928,7 +934,8 @@ pub struct AppointmentFields {
     pub practitioner: Option<PractitionerId>,
     pub patient: Option<PatientRef>,
     pub service: Option<ServiceId>,
-    pub start: Option<DateTime<Utc>>,
+    /// Within the years Buktor accepts (`buktor_domain::time`).
+    pub start: Option<Instant>,
     pub comment: Option<Reason>,
     pub cancellation_code: Option<CancellationCode>,
 }
@@ -1099,8 +1106,11 @@ async fn update(
         }
     }
     let practitioner = fields.practitioner.unwrap_or(current.practitioner_id);
-    let start = fields.start.unwrap_or(current.start);
-    let moves = practitioner != current.practitioner_id || start != current.start;
+    let start = match fields.start {
+        Some(start) => start,
+        None => Instant::parse("start", current.start)?,
+    };
+    let moves = practitioner != current.practitioner_id || start.get() != current.start;
     let ctx = command_context(req, p)?;
     let outcome = match (wanted, moves) {
         (w, false) if w == current.status => None,
@@ -1461,8 +1471,8 @@ async fn slot_search(
         service_id,
         specialty: None,
     };
-    let first = from.with_timezone(&zone).date_naive();
-    let last = to.with_timezone(&zone).date_naive();
+    let first = buktor_domain::time::local_day(zone, from);
+    let last = buktor_domain::time::local_day(zone, to);
     let mut offered = state
         .read_side
         .available_slots(tenant, &search, first, last, state.scheduler.now())

@@ -3,7 +3,8 @@
 //! 400 rather than ignored, so a client never gets a wider result than it
 //! asked for.
 use buktor_domain::appointment::AppointmentStatus;
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use buktor_domain::time;
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
 use super::Outcome;
@@ -39,11 +40,8 @@ impl Range {
             Some(p) if p.chars().all(|c| c.is_ascii_lowercase()) => (p, &raw[2..]),
             _ => ("eq", raw),
         };
-        let (lo, hi) = instant_bounds(value, zone).ok_or_else(|| {
-            Outcome::invalid(format!(
-                "{param}: {value:?} is neither a date (YYYY-MM-DD) nor a dateTime with a time zone"
-            ))
-        })?;
+        let (lo, hi) = instant_bounds(value, zone)
+            .map_err(|why| Outcome::invalid(format!("{param}: {value:?} {why}")))?;
         match prefix {
             "eq" => {
                 self.narrow_from(lo);
@@ -63,24 +61,24 @@ impl Range {
     }
 }
 
-/// The instants a date or dateTime value stands for: `[start, end)`.
-fn instant_bounds(value: &str, zone: Tz) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+/// The instants a date or dateTime value stands for: `[start, end)`, a
+/// date being the hospital's whole local day. Both must lie in the years
+/// Buktor accepts (`buktor_domain::time`), which keeps the arithmetic here
+/// and in the searches in range.
+fn instant_bounds(value: &str, zone: Tz) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    let outside = |e: buktor_domain::DomainError| match e {
+        buktor_domain::DomainError::InvalidInput { message, .. } => message,
+        other => other.to_string(),
+    };
     if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        let start = local_midnight(date, zone)?;
-        let end = local_midnight(date.succ_opt()?, zone)?;
-        return Some((start, end));
+        let date = time::check_date("date", date).map_err(outside)?;
+        return Ok(time::day_bounds(zone, date));
     }
     let t = DateTime::parse_from_rfc3339(value)
-        .ok()?
+        .map_err(|_| "is neither a date (YYYY-MM-DD) nor a dateTime with a time zone".to_owned())?
         .with_timezone(&Utc);
-    Some((t, t + chrono::Duration::seconds(1)))
-}
-
-fn local_midnight(date: NaiveDate, zone: Tz) -> Option<DateTime<Utc>> {
-    let naive = date.and_hms_opt(0, 0, 0)?;
-    zone.from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
+    let t = time::check_instant("date", t).map_err(outside)?;
+    Ok((t, t + chrono::Duration::seconds(1)))
 }
 
 /// `_count`: how many entries one page holds.
@@ -245,6 +243,24 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn dates_and_times_outside_the_accepted_years_are_refused() {
+        for raw in [
+            "ge+262142-12-31",
+            "le9999-12-31",
+            "1899-12-31",
+            "lt2200-01-01T00:00:00Z",
+            "ge0001-01-01T00:00:00Z",
+        ] {
+            let e = Range::default().add("date", raw, ZONE);
+            assert!(e.is_err(), "{raw}");
+        }
+        // The last instant accepted still gets its one-second range.
+        let mut r = Range::default();
+        r.add("date", "2199-12-31T23:59:59Z", ZONE).unwrap();
+        assert_eq!(r.to, Some(at("2200-01-01T00:00:00Z")));
     }
 
     #[test]

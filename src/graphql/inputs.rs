@@ -5,6 +5,7 @@ use buktor_domain::appointment::CancelledBy;
 use buktor_domain::practitioner::PractitionerDetails;
 use buktor_domain::schedule::{ScheduleException, WeeklyRule};
 use buktor_domain::service::ServiceDetails;
+use buktor_domain::time::Instant;
 use buktor_domain::values::{Email, Name, PatientRef, Phone, Reason, ShortText};
 use buktor_domain::{DomainError, PractitionerId, ServiceId};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
@@ -297,7 +298,7 @@ impl BookInput {
             appointment_id: self.id.as_ref().map(|id| parse_id("id", id)).transpose()?,
             practitioner_id: parse_id("practitionerId", &self.practitioner_id)?,
             service_id: parse_id("serviceId", &self.service_id)?,
-            start: self.start,
+            start: Instant::parse("start", self.start).map_err(domain)?,
             patient: PatientRef {
                 his_patient_id: ShortText::parse("patient.hisPatientId", &p.his_patient_id)
                     .map_err(domain)?,

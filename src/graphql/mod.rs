@@ -414,7 +414,8 @@ impl CoreMutation {
             practitioner_id: practitioner_id
                 .map(|p| parse_id("practitionerId", &p))
                 .transpose()?,
-            start,
+            start: buktor_domain::time::Instant::parse("start", start)
+                .map_err(|e| app_error(e.into()))?,
             reason: reason.map(|r| parse_reason("reason", &r)).transpose()?,
             overriding: None,
             reservation: None,

@@ -15,6 +15,7 @@ use async_graphql::{
     ComplexObject, Context, Enum, ErrorExtensions, InputObject, Object, Result, SimpleObject, ID,
 };
 use buktor_domain::appointment::AppointmentStatus;
+use buktor_domain::time;
 use buktor_domain::{AppointmentId, PractitionerId, ServiceId, TenantId};
 use buktor_projections::agenda::AgendaDay;
 use buktor_projections::appointments::AppointmentDoc;
@@ -99,7 +100,11 @@ fn appointments_page(
     )
 }
 
+/// Dates outside the years Buktor accepts are refused here, for every
+/// date range a query takes (`buktor_domain::time`).
 fn check_range(from: NaiveDate, to: NaiveDate) -> Result<()> {
+    in_years(time::check_date("from", from))?;
+    in_years(time::check_date("to", to))?;
     if to < from {
         return Err(invalid("to", "must not be before from"));
     }
@@ -110,6 +115,10 @@ fn check_range(from: NaiveDate, to: NaiveDate) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn in_years<T>(checked: buktor_domain::DomainResult<T>) -> Result<T> {
+    checked.map_err(|e| app_error(e.into()))
 }
 
 /// A point in the past to read as of: exactly one of the two.
@@ -125,7 +134,7 @@ impl AsOfInput {
     pub fn parse(&self) -> Result<AsOf> {
         match (&self.position, self.time) {
             (Some(p), None) => Ok(AsOf::Position(parse_position("asOf.position", p)?)),
-            (None, Some(t)) => Ok(AsOf::Time(t)),
+            (None, Some(t)) => Ok(AsOf::Time(in_years(time::check_instant("asOf.time", t))?)),
             _ => Err(invalid("asOf", "give exactly one of position and time")),
         }
     }
@@ -621,10 +630,8 @@ impl ReadQuery {
         let start_of = |d: NaiveDate| buktor_domain::schedule::resolve_local(tz, d, NaiveTime::MIN);
         let window_start = start_of(from);
         let window_end = start_of(to.succ_opt().unwrap_or(to));
-        let hospital_from = window_start.with_timezone(&hospital_tz).date_naive();
-        let hospital_to = (window_end - ChronoDuration::seconds(1))
-            .with_timezone(&hospital_tz)
-            .date_naive();
+        let hospital_from = time::local_day(hospital_tz, window_start);
+        let hospital_to = time::local_day(hospital_tz, window_end - ChronoDuration::seconds(1));
         let offered = read_side(ctx)
             .available_slots(
                 tenant,
@@ -698,6 +705,12 @@ impl ReadQuery {
         if patient_id.trim().is_empty() || patient_id.len() > 200 {
             return Err(invalid("patientId", "must be 1 to 200 characters"));
         }
+        let from = from
+            .map(|t| in_years(time::check_instant("from", t)))
+            .transpose()?;
+        let to = to
+            .map(|t| in_years(time::check_instant("to", t)))
+            .transpose()?;
         let size = page_size(first)?;
         catch_up(ctx, at_least.as_deref()).await?;
         let statuses: Option<Vec<AppointmentStatus>> =
@@ -752,7 +765,7 @@ impl ReadQuery {
             .filter(|d| {
                 // A moved appointment is listed where it is now, once.
                 let a = &d.appointment;
-                let day = a.start.with_timezone(&tz).date_naive();
+                let day = time::local_day(tz, a.start);
                 a.practitioner_id == practitioner
                     && day >= from
                     && day <= to

@@ -274,6 +274,9 @@ impl SlotSubscription {
                 format!("name 1 to {MAX_PRACTITIONERS} practitioners"),
             ));
         }
+        for (field, date) in [("from", from), ("to", to)] {
+            buktor_domain::time::check_date(field, date).map_err(|e| app_error(e.into()))?;
+        }
         if to < from || (to - from).num_days() >= MAX_DAYS {
             return Err(invalid(
                 "to",

@@ -632,7 +632,10 @@ impl WebhookMutation {
                 (Some(p), None) => ReplayFrom::Position(p.parse().map_err(
                     |e: crate::store::InvalidPosition| invalid("fromPosition", e.to_string()),
                 )?),
-                (None, Some(t)) => ReplayFrom::Time(t),
+                (None, Some(t)) => ReplayFrom::Time(
+                    buktor_domain::time::check_instant("fromTime", t)
+                        .map_err(|e| app_error(e.into()))?,
+                ),
                 _ => {
                     return Err(invalid(
                         "fromPosition",

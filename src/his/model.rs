@@ -7,6 +7,7 @@ use buktor_domain::patient::{Channel, PatientContact};
 use buktor_domain::practitioner::PractitionerDetails;
 use buktor_domain::schedule::{ScheduleException, WeeklyRule};
 use buktor_domain::service::ServiceDetails;
+use buktor_domain::time::{self, Instant};
 use buktor_domain::values::{Email, Language, Name, PatientRef, Phone, Reason, ShortText};
 use buktor_domain::{derived_uuid, DomainError, PractitionerId, ServiceId, TenantId};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
@@ -20,7 +21,10 @@ use uuid::Uuid;
 fn his_version(version: Option<i64>, last_modified: Option<DateTime<Utc>>) -> Invalid<HisVersion> {
     match (version, last_modified) {
         (Some(v), None) => Ok(HisVersion::Number(v)),
-        (None, Some(t)) => Ok(HisVersion::Modified(t)),
+        (None, Some(t)) => Ok(HisVersion::Modified(time::check_instant(
+            "lastModified",
+            t,
+        )?)),
         (Some(_), Some(_)) => Err(invalid("version", "give version or lastModified, not both")),
         (None, None) => Err(invalid(
             "version",
@@ -68,10 +72,11 @@ pub fn service_id(tenant: TenantId, his: &ShortText) -> ServiceId {
 
 /// A time the HIS sends: RFC 3339 with an offset, or the hospital's local
 /// wall-clock time without one (refused when the clock skips it or shows
-/// it twice, at a DST change).
-fn instant(field: &'static str, raw: &str, zone: Tz) -> Invalid<DateTime<Utc>> {
+/// it twice, at a DST change); in either form within the years Buktor
+/// accepts (`buktor_domain::time`).
+fn instant(field: &'static str, raw: &str, zone: Tz) -> Invalid<Instant> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.with_timezone(&Utc));
+        return Instant::parse(field, t.with_timezone(&Utc));
     }
     let local = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
         .iter()
@@ -82,8 +87,10 @@ fn instant(field: &'static str, raw: &str, zone: Tz) -> Invalid<DateTime<Utc>> {
                 format!("{raw:?} is neither RFC 3339 nor a local date-time (YYYY-MM-DDTHH:MM)"),
             )
         })?;
+    // Checked before it is placed in the zone, which is arithmetic too.
+    time::check_date(field, local.date())?;
     match zone.from_local_datetime(&local) {
-        chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        chrono::LocalResult::Single(t) => Instant::parse(field, t.with_timezone(&Utc)),
         chrono::LocalResult::Ambiguous(..) => Err(invalid(
             field,
             format!("{raw} happens twice in {zone} (clocks go back): give the offset"),
@@ -707,12 +714,31 @@ mod tests {
     fn local_times_are_refused_where_the_clock_skips_or_repeats() {
         let ams: Tz = "Europe/Amsterdam".parse().unwrap();
         let t = instant("start", "2026-12-01T09:20", ams).unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-12-01T08:20:00+00:00");
+        assert_eq!(t.get().to_rfc3339(), "2026-12-01T08:20:00+00:00");
         assert!(instant("start", "2026-03-29T02:30", ams).is_err());
         assert!(instant("start", "2026-10-25T02:30", ams).is_err());
         let explicit = instant("start", "2026-10-25T02:30:00+01:00", ams).unwrap();
-        assert_eq!(explicit.to_rfc3339(), "2026-10-25T01:30:00+00:00");
+        assert_eq!(explicit.get().to_rfc3339(), "2026-10-25T01:30:00+00:00");
         assert!(instant("start", "tomorrow", ams).is_err());
+        for far in [
+            "+262142-12-31T23:59:59Z",
+            "2200-01-01T00:00:00Z",
+            "1899-12-31T23:59",
+            "9999-12-31T23:59",
+        ] {
+            match instant("start", far, ams) {
+                Err(DomainError::InvalidInput { field, .. }) => assert_eq!(field, "start"),
+                other => panic!("{far}: {other:?}"),
+            }
+        }
+        let e = his_version(None, Some(DateTime::<Utc>::MAX_UTC)).unwrap_err();
+        assert!(matches!(
+            e,
+            DomainError::InvalidInput {
+                field: "lastModified",
+                ..
+            }
+        ));
     }
 
     #[test]

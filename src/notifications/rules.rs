@@ -59,9 +59,7 @@ impl Timing {
         let due = match *self {
             Timing::Before { minutes } => start - chrono::Duration::minutes(minutes.into()),
             Timing::DaysBeforeAt { days, at } => {
-                let day = start
-                    .with_timezone(&zone)
-                    .date_naive()
+                let day = buktor_domain::time::local_day(zone, start)
                     .checked_sub_days(Days::new(days.into()))?;
                 local_instant(zone, day.and_time(at))?
             }

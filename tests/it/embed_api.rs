@@ -1120,3 +1120,45 @@ async fn the_demo_hospital_books_online_and_the_cli_links_to_its_admin_screens()
         assert!(stderr.contains(says), "{flag} {value}: {stderr}");
     }
 }
+
+/// The anonymous widget refuses instants and dates outside the accepted
+/// years (docs/time.md) with 422 problem details naming the field: a hold,
+/// a slot search and the slot stream. A hold at `+262142-12-31T23:59:59Z`
+/// used to panic the worker, answering nothing to anyone who asked.
+#[tokio::test]
+async fn the_widget_refuses_instants_and_dates_outside_the_accepted_years() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = online_hospital(&deployment, &server, "Widget Far Future").await;
+    let browser = Browser::new(&server, &h.tenant);
+    server.settle(&h.admin).await;
+    let before = deployment.event_counts(&h.tenant).await;
+    for far in crate::time_bounds::FAR_INSTANTS {
+        let answer = browser.hold(&[], &h, far).await;
+        answer.refused(422, "INVALID_INPUT");
+        assert_eq!(answer.body["field"], "start", "{far}");
+    }
+    let today = days_ahead(0).to_string();
+    for far in crate::time_bounds::FAR_DATES {
+        let far = far.replace('+', "%2B");
+        for path in ["slots", "slots/stream"] {
+            let answer = browser
+                .get(
+                    &format!(
+                        "/widget/v1/{{tenant}}/{path}?service={}&practitioner={}&from={today}&to={far}",
+                        h.checkup, h.practitioner
+                    ),
+                    &[],
+                )
+                .await;
+            answer.refused(422, "INVALID_INPUT");
+            assert_eq!(answer.body["field"], "to", "{path} to {far}");
+        }
+    }
+    assert_eq!(deployment.event_counts(&h.tenant).await, before);
+    // Still serving: the next patient holds a real slot.
+    browser
+        .hold(&[], &h, &slot_at(days_ahead(4), 9))
+        .await
+        .expect(201);
+}

@@ -1305,3 +1305,64 @@ async fn fhir_cancellation_reasons_keep_their_code_and_say_who_cancelled_from_it
         cases.len() as i64
     );
 }
+
+/// Instants and dates outside the accepted years (docs/time.md) get a 400
+/// OperationOutcome, in a created or updated Appointment and in every date
+/// search; nothing is written and the server keeps answering. A `start` of
+/// `+262142-12-31T23:59:59Z` used to panic the worker.
+#[tokio::test]
+async fn fhir_instants_and_dates_outside_the_accepted_years_are_refused() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let h = set_up_hospital(&deployment, &server, "FHIR Far Future").await;
+    let fhir = Fhir::new(&server);
+    let key = h.admin.as_str();
+    let ours = book_for(&server, &h, local(days_ahead(2), 8, 0), "P-1", "Ada").await;
+    server.settle(key).await;
+    let before = deployment.event_counts(&h.tenant).await;
+
+    for far in crate::time_bounds::FAR_INSTANTS {
+        let mut body = new_appointment(&h, local(days_ahead(3), 8, 0), "P-1");
+        body["start"] = json!(far);
+        let a = fhir.post(key, &body).await;
+        assert_eq!(
+            (a.status, code(&a)),
+            (400, "INVALID_INPUT"),
+            "create at {far}"
+        );
+        body["id"] = json!(ours);
+        let a = fhir.put(key, &ours, &body).await;
+        assert_eq!(
+            (a.status, code(&a)),
+            (400, "INVALID_INPUT"),
+            "move to {far}"
+        );
+    }
+    let enc = |s: &str| s.replace('+', "%2B");
+    for far in crate::time_bounds::FAR_DATES
+        .into_iter()
+        .chain(crate::time_bounds::FAR_INSTANTS)
+    {
+        for q in [
+            format!("/Appointment?patient=P-1&date=ge{}", enc(far)),
+            format!("/Appointment?patient=P-1&date={}", enc(far)),
+            format!(
+                "/Slot?schedule=Schedule/{}&start=ge{}&start=le{}",
+                h.practitioner,
+                days_ahead(1),
+                enc(far)
+            ),
+        ] {
+            let a = fhir.get(Some(key), &q).await;
+            assert_eq!(
+                (a.status, code(&a)),
+                (400, "INVALID_INPUT"),
+                "{q}: {}",
+                a.body
+            );
+        }
+    }
+    assert_eq!(deployment.event_counts(&h.tenant).await, before);
+    let b = fhir.ok(key, "/Appointment?patient=P-1").await;
+    assert_eq!(ids(&b), [ours.as_str()]);
+}

@@ -5,7 +5,7 @@
 //! change nothing.
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use crate::server::*;
@@ -911,8 +911,14 @@ async fn newer_version_with_unchanged_data_is_unchanged(deployment: Deployment) 
         body
     };
     let records = [
-        ("/practitioners/DOC-1", practitioner("DOC-1", "Dr. Ada Lovelace", 2)),
-        ("/services/SVC-CARD", service("SVC-CARD", &["DOC-1", "DOC-2"], 2)),
+        (
+            "/practitioners/DOC-1",
+            practitioner("DOC-1", "Dr. Ada Lovelace", 2),
+        ),
+        (
+            "/services/SVC-CARD",
+            service("SVC-CARD", &["DOC-1", "DOC-2"], 2),
+        ),
         ("/practitioners/DOC-1/schedule", schedule("DOC-1", 2, off)),
         ("/patients/C", patient(2)),
     ];
@@ -968,4 +974,201 @@ async fn his_newer_version_with_unchanged_data_is_unchanged_on_postgres() {
 #[tokio::test]
 async fn his_newer_version_with_unchanged_data_is_unchanged_on_the_embedded_store() {
     newer_version_with_unchanged_data_is_unchanged(Deployment::embedded()).await;
+}
+
+/// Times and dates outside the accepted years (docs/time.md) are refused
+/// as 422 INVALID_INPUT naming the field, in every form the HIS sends them:
+/// RFC 3339, a local wall-clock time, a `lastModified`, a schedule's dates.
+/// An appointment at `+262142-12-31T23:59:59Z` used to panic the worker.
+#[tokio::test]
+async fn his_times_outside_the_accepted_years_are_refused() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let (tenant, _, key) = hospital(&deployment, "HIS Far Future").await;
+    let his = His::new(&server, &key);
+    load_master_data(&his).await;
+    let before = deployment.event_counts(&tenant).await;
+    let good = appointment("APT-FAR", "DOC-1", local(days_ahead(7), 9, 0), 1);
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut b = good.clone();
+        edit(&mut b);
+        b
+    };
+    let mut cases: Vec<(String, &str, Value, &str)> = Vec::new();
+    for far in crate::time_bounds::FAR_INSTANTS.into_iter().chain([
+        "9999-12-31T23:59",
+        "1899-12-31T23:59:59",
+        "+262142-12-31T23:59",
+    ]) {
+        cases.push((
+            format!("start {far}"),
+            "/appointments/APT-FAR",
+            with(&|b| b["start"] = json!(far)),
+            "start",
+        ));
+    }
+    for far in ["+262142-12-31T23:59:59Z", "2200-01-01T00:00:00Z"] {
+        cases.push((
+            format!("lastModified {far}"),
+            "/patients/PAT-FAR",
+            json!({"lastModified": far, "name": "n"}),
+            "lastModified",
+        ));
+    }
+    for far in crate::time_bounds::FAR_DATES {
+        let mut rules = schedule("DOC-1", 2, days_ahead(9));
+        rules["weeklyRules"][0]["effectiveFrom"] = json!(far);
+        cases.push((
+            format!("effectiveFrom {far}"),
+            "/practitioners/DOC-1/schedule",
+            rules,
+            "effectiveFrom",
+        ));
+        let mut leave = schedule("DOC-1", 2, days_ahead(9));
+        leave["exceptions"][0]["date"] = json!(far);
+        cases.push((
+            format!("exception on {far}"),
+            "/practitioners/DOC-1/schedule",
+            leave,
+            "date",
+        ));
+    }
+    for (i, (what, path, body, field)) in cases.into_iter().enumerate() {
+        let r = his.put(path, &format!("far-{i}"), &body).await;
+        assert_eq!(
+            (
+                r.status,
+                r.body["code"].as_str().unwrap(),
+                r.body["field"].as_str()
+            ),
+            (422, "INVALID_INPUT", Some(field)),
+            "{what}: {}",
+            r.body
+        );
+    }
+    // In bulk, the one far record fails and the others are applied.
+    let bulk = json!({
+        "appointments": [with(&|b| b["start"] = json!("+262142-12-31T23:59:59Z"))],
+        "patients": [{"hisId": "PAT-NEAR", "version": 1, "name": "n"}],
+    });
+    let r = his.ok(his.post("/bulk", "far-bulk", &bulk).await).await;
+    assert_eq!(r["summary"]["failed"], 1, "{r}");
+    assert_eq!(r["summary"]["applied"], 1, "{r}");
+    let after = deployment.event_counts(&tenant).await;
+    assert_eq!(
+        after.get("AppointmentBooked"),
+        before.get("AppointmentBooked"),
+        "nothing booked"
+    );
+    // The last accepted local time parses, and is refused only by the rules.
+    let last = his
+        .put(
+            "/appointments/APT-LAST",
+            "far-last",
+            &with(&|b| {
+                b["hisId"] = json!("APT-LAST");
+                b["start"] = json!("2199-12-31T10:00");
+            }),
+        )
+        .await;
+    assert_eq!(last.status, 422, "{}", last.body);
+    assert_ne!(last.body["code"], "INVALID_INPUT", "{}", last.body);
+    assert_eq!(server.get("/health").await.status, 200);
+}
+
+/// A forced booking from the HIS for a practitioner Buktor keeps no
+/// schedule for, at every hour of a local day in Amsterdam and on both DST
+/// change days: each is booked on its local calendar day. Between 00:00
+/// and 01:00 it was a 503 (`Corrupt("schedule time zone differs from the
+/// hospital's: calendar-…-2026-12-09 is not calendar-…-2026-12-10")`): the
+/// empty schedule's UTC day was not the local day the server had loaded.
+#[tokio::test]
+async fn his_forced_bookings_without_a_schedule_land_on_the_local_day_at_every_hour() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let (tenant, _, key) = hospital(&deployment, "HIS Midnight").await;
+    let his = His::new(&server, &key);
+    let master = json!({
+        "practitioners": [practitioner("DOC-N", "Dr. Night", 1)],
+        "services": [service("SVC-CARD", &["DOC-N"], 1)],
+    });
+    his.ok(his.post("/bulk", "night-master", &master).await)
+        .await;
+    let forced = |his_id: &str, start: &str| {
+        json!({
+            "hisId": his_id,
+            "version": 1,
+            "practitionerId": "DOC-N",
+            "serviceId": "SVC-CARD",
+            "start": start,
+            "patient": {"hisId": format!("PAT-{his_id}"), "name": "Ada Jansen"},
+            "force": true,
+            "forceReason": "Night shift booked at the desk",
+        })
+    };
+    // The exact case of the issue first: 00:30 on 10 December 2026 in
+    // Amsterdam, which is 23:30 UTC on the 9th.
+    let r = his
+        .put(
+            "/appointments/NIGHT-ISSUE",
+            "night-issue",
+            &forced("NIGHT-ISSUE", "2026-12-10T00:30:00+01:00"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["outcome"]),
+        (200, &json!("applied")),
+        "{}",
+        r.body
+    );
+
+    let mut days = vec![
+        days_ahead(30),
+        // Spring forward (02:00 → 03:00) and fall back (03:00 → 02:00).
+        NaiveDate::from_ymd_opt(2027, 3, 28).unwrap(),
+        NaiveDate::from_ymd_opt(2027, 10, 31).unwrap(),
+    ];
+    days.dedup();
+    let mut expected: Vec<(String, NaiveDate)> = vec![(
+        "NIGHT-ISSUE".into(),
+        NaiveDate::from_ymd_opt(2026, 12, 10).unwrap(),
+    )];
+    for day in days {
+        for hour in 0..24 {
+            // RFC 3339 with the offset in force, so the DST days' skipped
+            // and repeated hours are named without ambiguity.
+            let naive = day.and_hms_opt(hour, 30, 0).unwrap();
+            let Some(at) = TIME_ZONE.from_local_datetime(&naive).earliest() else {
+                continue;
+            };
+            let his_id = format!("NIGHT-{day}-{hour:02}");
+            let r = his
+                .put(
+                    &format!("/appointments/{his_id}"),
+                    &his_id,
+                    &forced(&his_id, &at.to_rfc3339()),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{at}: {}", r.body);
+            assert_eq!(r.body["outcome"], "applied", "{at}: {}", r.body);
+            expected.push((his_id, day));
+        }
+    }
+    // Each appointment is on the calendar of its local day.
+    let days: BTreeMap<String, String> = deployment
+        .query_pairs(
+            &tenant,
+            "SELECT payload->>'his_appointment_id', payload->>'calendar_day' FROM events WHERE tenant_id = {T} AND event_type = 'AppointmentBooked'",
+        )
+        .await
+        .into_iter()
+        .collect();
+    for (his_id, day) in expected {
+        assert_eq!(
+            days.get(&his_id),
+            Some(&day.to_string()),
+            "{his_id}: {days:?}"
+        );
+    }
+    assert_eq!(server.get("/health").await.status, 200);
 }

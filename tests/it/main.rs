@@ -24,3 +24,4 @@ mod middleware_hl7;
 mod notifications;
 mod read_side;
 mod server;
+mod time_bounds;

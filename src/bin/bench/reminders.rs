@@ -138,7 +138,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
                             appointment_id: None,
                             practitioner_id,
                             service_id: fixture.service,
-                            start,
+                            start: buktor_domain::time::Instant::parse("start", start)?,
                             patient: super::patient(i)?,
                             note: None,
                             his_appointment_id: None,

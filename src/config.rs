@@ -158,6 +158,9 @@ impl Default for Webhooks {
     }
 }
 
+/// The largest `clock_offset_secs`: 100 years.
+const MAX_CLOCK_OFFSET_SECS: u64 = 100 * 365 * 24 * 3600;
+
 /// Requests per API key per window. A client that exceeds it waits at most
 /// until the window ends: there is no lock-out beyond that.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -311,6 +314,19 @@ impl Config {
             return Err(ConfigError::Rule(
                 "notifications.from must be a mailbox such as `Hospital <noreply@hospital.example>`"
                     .into(),
+            ));
+        }
+        // The clock offset is added to every time the server reads, and the
+        // rotation overlap to a rotation's time: bounded so neither can
+        // overflow a date (the API accepts the years 1900 to 2199).
+        if self.clock_offset_secs.unsigned_abs() > MAX_CLOCK_OFFSET_SECS {
+            return Err(ConfigError::Rule(format!(
+                "clock_offset_secs must be within ±{MAX_CLOCK_OFFSET_SECS} (100 years)"
+            )));
+        }
+        if self.webhooks.rotation_overlap_secs > 30 * 24 * 3600 {
+            return Err(ConfigError::Rule(
+                "webhooks.rotation_overlap_secs must be at most 30 days (2592000)".into(),
             ));
         }
         if self.max_body_bytes < 1024 {

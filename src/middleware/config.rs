@@ -261,6 +261,11 @@ impl MiddlewareConfig {
         if self.tolerance_secs < 1 {
             return Err(rule("tolerance_secs must be at least 1"));
         }
+        // Subtracted from now when old messages are purged: bounded so the
+        // date cannot overflow.
+        if self.retention_days > 36_500 {
+            return Err(rule("retention_days must be at most 36500 (100 years)"));
+        }
         if self.max_body_bytes < 1024 {
             return Err(rule("max_body_bytes must be at least 1024"));
         }

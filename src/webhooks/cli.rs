@@ -207,10 +207,15 @@ pub async fn run(
             id,
             overlap_minutes,
         } => {
+            // Checked: an overlap beyond what a Duration holds is refused
+            // like any other overlap over 30 days, not a panic.
             let overlap = match overlap_minutes {
-                Some(m) => chrono::Duration::minutes(m),
-                None => chrono::Duration::seconds(config.rotation_overlap_secs as i64),
-            };
+                Some(m) => chrono::Duration::try_minutes(m),
+                None => i64::try_from(config.rotation_overlap_secs)
+                    .ok()
+                    .and_then(chrono::Duration::try_seconds),
+            }
+            .ok_or_else(|| anyhow::anyhow!("the overlap must be from 0 to 30 days"))?;
             let e = endpoints::rotate_secret(webhooks, tenant, id, overlap).await?;
             println!("secret   {}  (shown only now)", e.secret.expose());
             if let Some((_, until)) = e.previous_secret {

@@ -124,8 +124,10 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::MalformedTimestamp)?;
-    let skew = now - timestamp;
-    if skew.abs() > tolerance_secs {
+    // Saturating: a timestamp near i64::MIN or MAX must not overflow (a
+    // panic in debug builds, a wrapped and passing skew in release ones).
+    let skew = now.saturating_sub(timestamp);
+    if skew.unsigned_abs() > tolerance_secs.unsigned_abs() {
         return Err(SignatureError::StaleTimestamp(skew));
     }
     for candidate in signatures.split_whitespace() {
@@ -223,6 +225,20 @@ mod tests {
             verify(&other, get, SPEC_BODY, now, DEFAULT_TOLERANCE_SECS),
             Err(SignatureError::NoMatch)
         );
+        // Timestamps at the ends of i64 are stale, not an overflow.
+        for far in [i64::MIN, i64::MAX] {
+            let far_get = |name: &str| {
+                if name == HEADER_TIMESTAMP {
+                    Some(far.to_string())
+                } else {
+                    get(name)
+                }
+            };
+            assert!(matches!(
+                verify(&secret, far_get, SPEC_BODY, now, DEFAULT_TOLERANCE_SECS),
+                Err(SignatureError::StaleTimestamp(_))
+            ));
+        }
         let no_id = |name: &str| if name == HEADER_ID { None } else { get(name) };
         assert_eq!(
             verify(&secret, no_id, SPEC_BODY, now, DEFAULT_TOLERANCE_SECS),

@@ -702,8 +702,14 @@ impl ReadQuery {
         after: Option<String>,
         at_least: Option<String>,
     ) -> Result<Connection<String, PatientAppointment>> {
-        if patient_id.trim().is_empty() || patient_id.len() > 200 {
-            return Err(invalid("patientId", "must be 1 to 200 characters"));
+        if patient_id.trim().is_empty()
+            || patient_id.len() > 200
+            || patient_id.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "patientId",
+                "must be 1 to 200 characters without control characters",
+            ));
         }
         let from = from
             .map(|t| in_years(time::check_instant("from", t)))

@@ -46,6 +46,18 @@ fn endpoint_error(e: EndpointError) -> async_graphql::Error {
     }
 }
 
+/// A message id as given: ids are short and printable, so anything else
+/// names no message and is refused before it reaches the store.
+fn message_id(id: &str) -> Result<&str> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(crate::graphql::invalid(
+            "id",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    Ok(id)
+}
+
 fn store_error(e: crate::store::StoreError) -> async_graphql::Error {
     app_error(AppError::Store(e))
 }
@@ -489,9 +501,10 @@ impl WebhookQuery {
         id: String,
     ) -> Result<Option<WebhookMessage>> {
         require(ctx, &[Role::Admin, Role::Auditor], "read the delivery log")?;
+        let id = message_id(&id)?;
         let m = store(ctx)
             .webhooks()
-            .message(principal(ctx).tenant_id(), &id)
+            .message(principal(ctx).tenant_id(), id)
             .await
             .map_err(store_error)?;
         Ok(m.map(WebhookMessage))
@@ -596,6 +609,7 @@ impl WebhookMutation {
         id: String,
     ) -> Result<WebhookMessage> {
         require(ctx, &[Role::Admin], "replay webhook messages")?;
+        message_id(&id)?;
         let tenant = principal(ctx).tenant_id();
         let s = store(ctx).webhooks();
         let Some(message) = s.message(tenant, &id).await.map_err(store_error)? else {

@@ -84,8 +84,17 @@ impl AppError {
             AppError::Forbidden { .. } => "FORBIDDEN",
             AppError::IdempotencyKeyReused(_) => "IDEMPOTENCY_KEY_REUSED",
             AppError::Contention(_) => "CONCURRENCY_CONFLICT",
+            AppError::Store(e) if e.is_unavailable() => "STORE_UNAVAILABLE",
             AppError::Corrupt(_) | AppError::Store(_) => "INTERNAL",
         }
+    }
+
+    /// Whether the store could not be reached or was too busy
+    /// ([`StoreError::is_unavailable`]): the same request can succeed later,
+    /// so every surface answers it as retryable (`STORE_UNAVAILABLE`, HTTP
+    /// 503). Any other failure inside the server is a bug: `INTERNAL`.
+    pub fn is_unavailable(&self) -> bool {
+        self.code() == "STORE_UNAVAILABLE"
     }
 }
 

@@ -172,6 +172,15 @@ impl From<AppError> for Outcome {
             | AppError::IdempotencyKeyReused(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::Domain(_) => (StatusCode::UNPROCESSABLE_ENTITY, "business-rule"),
             AppError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::Store(_) if e.is_unavailable() => {
+                tracing::warn!(error = ?e, "FHIR request: the store is unavailable");
+                return Outcome::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "STORE_UNAVAILABLE",
+                    "the store is unavailable; try again".into(),
+                );
+            }
             AppError::Corrupt(_) | AppError::Store(_) => return Outcome::internal(e),
         };
         Outcome::new(status, issue, e.code(), e.to_string())

@@ -97,6 +97,11 @@ pub fn sdl() -> String {
 pub(crate) fn app_error(e: AppError) -> Error {
     let code = e.code();
     match &e {
+        _ if e.is_unavailable() => {
+            tracing::warn!(error = ?e, "the store is unavailable");
+            Error::new("the store is unavailable; retry the request (with the same idempotencyKey)")
+                .extend_with(|_, ext| ext.set("code", code))
+        }
         AppError::Store(_) | AppError::Corrupt(_) => {
             tracing::error!(error = ?e, "request failed inside the server");
             Error::new("internal error").extend_with(|_, ext| ext.set("code", code))

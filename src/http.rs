@@ -22,7 +22,7 @@ use crate::app::{Clock, OffsetClock, Scheduler, SystemClock};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::embed::tokens::TokenSigner;
-use crate::graphql::{BuktorSchema, RequestInfo};
+use crate::graphql::{Endpoint, RequestInfo};
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::projection::ReadSide;
@@ -33,7 +33,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub scheduler: Arc<Scheduler>,
-    pub schema: BuktorSchema,
+    pub schema: Endpoint,
     pub auth: Authenticator,
     pub limiter: RateLimiter,
     pub metrics: Arc<Metrics>,
@@ -104,9 +104,23 @@ impl Application {
         let addr = listener.local_addr()?;
         let live = state.live.clone();
         let data = web::Data::from(state);
+        // For the tests of `answer_panics` only: a route that panics, so that
+        // the layer is tested without depending on some input still panicking.
+        let max_body_bytes = data.max_body_bytes;
+        let panic_route = std::env::var("BUKTOR_TEST_PANIC_ROUTE").is_ok_and(|v| v == "1");
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+            let app = App::new();
+            let app = if panic_route {
+                app.route("/test/panic", web::to(test_panic))
+            } else {
+                app
+            };
+            app.app_data(data.clone())
+                // `web::Bytes` bodies (the widget's) have the same limit as the rest.
+                .app_data(web::PayloadConfig::new(max_body_bytes))
+                .wrap(from_fn(refuse_control_characters))
+                // Outermost: `observe` sees (and counts) the 500 a panic became.
+                .wrap(from_fn(answer_panics))
                 .wrap(from_fn(observe))
                 .route("/health", web::get().to(health))
                 .route("/ready", web::get().to(ready))
@@ -196,8 +210,12 @@ async fn observe(
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    let mut res = result?;
-    let status = res.status();
+    // An error (a handler that panicked, see `answer_panics`) becomes its
+    // response after this layer: counted and logged here all the same.
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
@@ -213,10 +231,149 @@ async fn observe(
             .with_label_values(&[&method, &route])
             .observe(elapsed.as_secs_f64());
     }
+    let mut res = result?;
     if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
     Ok(res)
+}
+
+/// A panic in a handler answers 500 `INTERNAL` with the request id,
+/// instead of dropping the connection without an answer; other requests
+/// never see it (each runs in its own future, and nothing a handler holds
+/// is shared in a state a panic could leave half-written: shared maps use
+/// locks that tolerate poisoning). The panic itself is printed by Rust's
+/// panic hook; this logs it once more with the request id, as an error.
+///
+/// A stack overflow cannot be caught (Rust aborts the process), which is
+/// why requests are measured before anything recursive reads them (see
+/// `graphql::guard`).
+async fn answer_panics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    use futures::FutureExt;
+    // No clone of the request is kept across the call: routing needs the
+    // only reference to it.
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0);
+    // `call` itself runs inside the caught future: a panic in a service's
+    // synchronous part is caught as well.
+    match std::panic::AssertUnwindSafe(async move { next.call(req).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(res)) if res.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_problem(&res) => {
+            // actix-web's own body extractors (`web::Bytes`) answer a bare
+            // text; every surface answers problem details instead.
+            let limit = res
+                .request()
+                .app_data::<web::Data<AppState>>()
+                .map(|s| s.max_body_bytes)
+                .unwrap_or_default();
+            let (http_request, _) = res.into_parts();
+            let answer = problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!("the body exceeds {limit} bytes"),
+            );
+            Ok(ServiceResponse::new(http_request, answer))
+        }
+        Ok(result) => result.map(ServiceResponse::map_into_boxed_body),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let request_id = request_id.map(|id| id.to_string()).unwrap_or_default();
+            tracing::error!(%request_id, panic = %what, "a request handler panicked");
+            // The request went down with the handler: the error renders
+            // the answer (see `HandlerPanicked`).
+            Err(HandlerPanicked { request_id }.into())
+        }
+    }
+}
+
+/// A handler panicked on the request with this id: 500 `INTERNAL` problem
+/// details, and the connection closes after the answer (it may hold a
+/// half-read body).
+#[derive(Debug, thiserror::Error)]
+#[error("the server failed on this request (request id {request_id})")]
+struct HandlerPanicked {
+    request_id: String,
+}
+
+impl actix_web::ResponseError for HandlerPanicked {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            self.to_string(),
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            res.headers_mut().insert(REQUEST_ID, v);
+        }
+        res.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        res
+    }
+}
+
+/// No path segment or query parameter of this API holds a control
+/// character, and PostgreSQL refuses a NUL in text: a percent-encoded one
+/// (`%00` to `%1F`, `%7F`) is refused here, for every route at once, before
+/// any id or search value reaches a handler or the store. FHIR answers an
+/// OperationOutcome, every other surface problem details.
+async fn refuse_control_characters(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let uri = req.uri();
+    let in_path = has_encoded_control(uri.path(), &[]);
+    // A GraphQL document sent with GET has line breaks and tabs.
+    let in_query = uri
+        .query()
+        .is_some_and(|q| has_encoded_control(q, b"\t\n\r"));
+    if !(in_path || in_query) {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    let detail = format!(
+        "the {} must not contain control characters",
+        if in_path { "path" } else { "query string" }
+    );
+    let answer = if req.path().starts_with("/fhir/") {
+        crate::fhir::Outcome::invalid(detail).response()
+    } else {
+        problem(StatusCode::BAD_REQUEST, "INVALID_INPUT", detail)
+    };
+    Ok(req.into_response(answer))
+}
+
+/// Whether percent-encoded `text` decodes to a control character other
+/// than those `allowed` (raw ones never get here: the HTTP parser refuses
+/// them).
+fn has_encoded_control(text: &str, allowed: &[u8]) -> bool {
+    text.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|b| (b < 0x20 || b == 0x7f) && !allowed.contains(&b))
+    })
+}
+
+fn is_problem<B>(res: &ServiceResponse<B>) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
 }
 
 /// An RFC 9457 problem.
@@ -230,6 +387,10 @@ pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Htt
             "code": code,
             "detail": detail.into(),
         }))
+}
+
+async fn test_panic() -> HttpResponse {
+    panic!("the test route panics (BUKTOR_TEST_PANIC_ROUTE)")
 }
 
 async fn not_found() -> HttpResponse {
@@ -372,10 +533,27 @@ async fn subscriptions(
         }
     };
     // The socket ends when the server stops (see `run_until_stopped`).
+    // Each operation on the socket counts against the caller's rate limit,
+    // as a request over HTTP does.
+    let limit_state = state.clone();
+    let admission: crate::graphql::guard::Admission = Arc::new(move |data| {
+        let Some(p) = crate::graphql::guard::data_get::<crate::auth::Principal>(data) else {
+            return Ok(());
+        };
+        let quota = limit_state.limiter.check(p.key_id);
+        if quota.allowed {
+            return Ok(());
+        }
+        limit_state.metrics.rate_limited.inc();
+        Err(crate::graphql::guard::coded_error(
+            format!("too many requests; retry in {} s", quota.reset_secs),
+            "RATE_LIMITED",
+        ))
+    });
     match crate::ws::serve(
         &req,
         payload,
-        state.schema.clone(),
+        state.schema.with_admission(admission),
         data,
         on_init,
         revoked,
@@ -511,15 +689,20 @@ async fn graphql(
         Ok(b) => b,
         Err(res) => return with_quota(res, &quota),
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    // Nesting and size are measured before anything parses the request
+    // (see `graphql::guard`).
+    let request = match crate::graphql::guard::parse_http_body(&body) {
         Ok(r) => r,
+        Err(crate::graphql::guard::BodyError::Refused(refusal)) => {
+            tracing::warn!(
+                code = refusal.code(),
+                "refused a GraphQL request: {refusal}"
+            );
+            return with_quota(HttpResponse::Ok().json(refusal.response()), &quota);
+        }
         Err(e) => {
             return with_quota(
-                problem(
-                    StatusCode::BAD_REQUEST,
-                    "MALFORMED_REQUEST",
-                    format!("the body is not a GraphQL request in JSON: {e}"),
-                ),
+                problem(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", e.to_string()),
                 &quota,
             )
         }
@@ -541,7 +724,7 @@ async fn graphql(
     };
     let mut response = state
         .schema
-        .execute(request.data(principal).data(info))
+        .execute_checked(request.data(principal).data(info))
         .await;
     // Parse and validation errors come from the GraphQL library without a code.
     for err in &mut response.errors {

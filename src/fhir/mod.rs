@@ -146,7 +146,7 @@ impl Outcome {
         self.status
     }
 
-    fn response(&self) -> HttpResponse {
+    pub(crate) fn response(&self) -> HttpResponse {
         operation_outcome(self.status, self.issue, &self.code, &self.diagnostics)
     }
 }
@@ -341,6 +341,7 @@ fn query(req: &HttpRequest, known: &[&str]) -> Result<Vec<(String, String)>, Out
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| Outcome::invalid(format!("the query string cannot be read: {e}")))?
         .into_inner();
+    // Control characters never get here: `http::refuse_control_characters`.
     for (name, _) in &pairs {
         if !known.contains(&name.as_str()) && name != "_format" && name != "_pretty" {
             return Err(Outcome::invalid(format!(

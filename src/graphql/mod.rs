@@ -7,6 +7,7 @@
 mod access;
 mod embedding;
 mod events;
+pub mod guard;
 mod inputs;
 mod notifications;
 mod read;
@@ -33,6 +34,7 @@ use inputs::*;
 use types::*;
 
 pub use events::EventsQuery;
+pub use guard::Endpoint;
 pub use subscriptions::SubscriptionRoot;
 
 pub type BuktorSchema = Schema<QueryRoot, MutationRoot, Subscriptions>;
@@ -54,12 +56,22 @@ pub struct RequestInfo {
 /// fields fits; a query that fans out over several big pages does not.
 pub const MAX_COMPLEXITY: usize = 10_000;
 
+/// How deeply a query's selections may nest.
+pub const MAX_DEPTH: usize = 12;
+
+/// How deeply an operation that selects only introspection fields may
+/// nest (see [`guard::Endpoint`]): the standard introspection query needs
+/// 15 (`ofType` nine levels under `fields { type }`); a little room is
+/// left for clients that ask one or two levels more.
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
+
+/// The schema behind the request limits of [`guard`].
 pub fn schema(
     scheduler: Arc<Scheduler>,
     read_side: Arc<ReadSide>,
     webhooks: crate::config::Webhooks,
-) -> BuktorSchema {
-    Schema::build(
+) -> Endpoint {
+    let schema = Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
         Subscriptions::default(),
@@ -75,10 +87,21 @@ pub fn schema(
         tokio::spawn,
     ))
     .data(read_side)
-    .limit_depth(12)
+    .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
     .limit_recursive_depth(32)
-    .finish()
+    .finish();
+    // Introspection reads only the schema's own description: no data.
+    let introspection = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        Subscriptions::default(),
+    )
+    .limit_depth(INTROSPECTION_MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+    .limit_recursive_depth(32)
+    .finish();
+    Endpoint::new(schema, introspection)
 }
 
 /// The schema in SDL, as `buktor graphql schema` prints it. It does not

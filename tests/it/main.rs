@@ -9,6 +9,7 @@ mod api_booking;
 mod api_concurrency;
 mod api_events;
 mod api_feed;
+mod api_limits;
 mod api_rate_limits;
 mod api_restart;
 mod api_revocation;

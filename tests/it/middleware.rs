@@ -431,6 +431,13 @@ async fn middleware_refuses_bad_input_with_problem_details_and_stores_nothing() 
             .remove("id");
         serde_json::to_vec(&b).unwrap()
     };
+    // Nested far past serde_json's recursion limit (128), signed: the
+    // receiver reads it after the signature checks out.
+    let deep_list = format!("{}1{}", "[".repeat(3_000), "]".repeat(3_000)).into_bytes();
+    let deep_object = {
+        let inner = format!("{}1{}", "{\"a\": ".repeat(3_000), "}".repeat(3_000));
+        format!("{{\"type\": \"appointment.booked\", \"data\": {inner}}}").into_bytes()
+    };
     let stranger = SigningSecret::generate();
     /// What is sent, its headers and body, and the status and code expected.
     type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, u16, &'a str);
@@ -505,6 +512,20 @@ async fn middleware_refuses_bad_input_with_problem_details_and_stores_nothing() 
             no_appointment_id.clone(),
             422,
             "INVALID_PAYLOAD",
+        ),
+        (
+            "a list nested 3,000 deep",
+            signed(&r.secret, now, &deep_list),
+            deep_list.clone(),
+            400,
+            "MALFORMED_BODY",
+        ),
+        (
+            "an object nested 3,000 deep",
+            signed(&r.secret, now, &deep_object),
+            deep_object.clone(),
+            400,
+            "MALFORMED_BODY",
         ),
         (
             "a 2 MiB body",

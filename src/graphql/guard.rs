@@ -39,8 +39,10 @@ use super::BuktorSchema;
 pub const MAX_NESTING: usize = 64;
 
 /// The longest query text, in bytes. Generated clients' documents are a
-/// few kilobytes; the standard introspection query is 1.6 KB.
-pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// few kilobytes and the standard introspection query is 1.6 KB; the
+/// complexity limit (`MAX_COMPLEXITY`) is reached by documents of 70 KB
+/// and more, which must still be parsed to answer that error.
+pub const MAX_DOCUMENT_BYTES: usize = 128 * 1024;
 
 /// Why a request was refused before parsing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

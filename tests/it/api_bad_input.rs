@@ -936,8 +936,14 @@ async fn malformed_oversized_and_abusive_requests_get_typed_errors_and_the_serve
     assert_eq!(r.json()["code"], "BODY_TOO_LARGE");
 
     // Malformed GraphQL and queries the schema refuses: an error with a code.
+    // Deeper than introspection may nest (20), the standard query's depth.
     let deep = format!(
         "{{ __schema {{ types {{ fields {{ type {} name {} }} }} }} }}",
+        "{ ofType ".repeat(20),
+        "}".repeat(20)
+    );
+    let deep_data = format!(
+        "{{ me {{ role }} __schema {{ types {{ fields {{ type {} name {} }} }} }} }}",
         "{ ofType ".repeat(10),
         "}".repeat(10)
     );
@@ -953,30 +959,46 @@ async fn malformed_oversized_and_abusive_requests_get_typed_errors_and_the_serve
         "[".repeat(200),
         "]".repeat(200)
     );
-    for (what, query, message) in [
-        ("an unclosed selection", "{ me { role ".to_owned(), ""),
-        ("an unknown field", "{ nope }".to_owned(), "nope"),
+    const INVALID: &str = "GRAPHQL_VALIDATION_FAILED";
+    for (what, query, code, message) in [
+        (
+            "an unclosed selection",
+            "{ me { role ".to_owned(),
+            INVALID,
+            "",
+        ),
+        ("an unknown field", "{ nope }".to_owned(), INVALID, "nope"),
         (
             "a mutation without its arguments",
             "mutation { bookAppointment { id } }".to_owned(),
+            INVALID,
             "input",
         ),
         (
             "a subscription",
             "subscription { me { role } }".to_owned(),
+            INVALID,
             "",
         ),
-        ("a query nested too deep", deep, "deep"),
-        ("a query too complex", complex, "complex"),
-        ("a value nested 200 lists deep", nested_value, ""),
+        ("a query nested too deep", deep, INVALID, "deep"),
+        (
+            "data beside introspection nested too deep",
+            deep_data,
+            INVALID,
+            "deep",
+        ),
+        ("a query too complex", complex, INVALID, "complex"),
+        // Refused before parsing (see graphql::guard).
+        (
+            "a value nested 200 lists deep",
+            nested_value,
+            "GRAPHQL_DOCUMENT_TOO_DEEP",
+            "deeper",
+        ),
     ] {
         let response = server.gql(&admin, &query, json!({})).await;
         assert!(response["data"].is_null(), "{what}: {response}");
-        assert_eq!(
-            error_code(&response),
-            Some("GRAPHQL_VALIDATION_FAILED"),
-            "{what}: {response}"
-        );
+        assert_eq!(error_code(&response), Some(code), "{what}: {response}");
         let text = response["errors"][0]["message"]
             .as_str()
             .unwrap_or("")

@@ -174,7 +174,7 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> DomainResult<Self> {
         let s = raw.trim();
-        let valid = s.len() <= 254
+        let valid = s.chars().count() <= 254
             && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             && match s.split_once('@') {
                 Some((local, domain)) => {

@@ -49,25 +49,47 @@ pub const MAX_BULK_BYTES: usize = 64 << 20;
 const BULK_CONCURRENCY: usize = 32;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi::document))
-        .route("/docs", web::get().to(openapi::page))
-        .route("/practitioners/{his_id}", web::put().to(put_practitioner))
-        .route(
-            "/practitioners/{his_id}/schedule",
-            web::put().to(put_schedule),
+    // Each path answers its other methods with 405 and the ones it has.
+    let resource = |path: &str, allow: &'static str| {
+        web::resource(path).default_service(web::to(move || async move {
+            let mut res = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!("this path takes {allow}"),
+            )
+            .response();
+            res.headers_mut().insert(
+                actix_web::http::header::ALLOW,
+                actix_web::http::header::HeaderValue::from_static(allow),
+            );
+            res
+        }))
+    };
+    cfg.service(resource("/openapi.json", "GET").route(web::get().to(openapi::document)))
+        .service(resource("/docs", "GET").route(web::get().to(openapi::page)))
+        .service(resource("/practitioners/{his_id}", "PUT").route(web::put().to(put_practitioner)))
+        .service(
+            resource("/practitioners/{his_id}/schedule", "PUT").route(web::put().to(put_schedule)),
         )
-        .route("/services/{his_id}", web::put().to(put_service))
-        .route("/patients/{his_id}", web::put().to(put_patient))
-        .route("/appointments/{his_id}", web::put().to(put_appointment))
-        .route("/appointments/{his_id}", web::get().to(get_appointment))
-        .route(
-            "/appointments/{his_id}/cancel",
-            web::post().to(cancel_appointment),
+        .service(resource("/services/{his_id}", "PUT").route(web::put().to(put_service)))
+        .service(resource("/patients/{his_id}", "PUT").route(web::put().to(put_patient)))
+        .service(
+            resource("/appointments/{his_id}", "GET, PUT")
+                .route(web::put().to(put_appointment))
+                .route(web::get().to(get_appointment)),
         )
-        .route("/appointments/{his_id}/check-in", web::post().to(check_in))
-        .route("/appointments/{his_id}/complete", web::post().to(complete))
-        .route("/appointments/{his_id}/no-show", web::post().to(no_show))
-        .route("/bulk", web::post().to(bulk))
+        .service(
+            resource("/appointments/{his_id}/cancel", "POST")
+                .route(web::post().to(cancel_appointment)),
+        )
+        .service(
+            resource("/appointments/{his_id}/check-in", "POST").route(web::post().to(check_in)),
+        )
+        .service(
+            resource("/appointments/{his_id}/complete", "POST").route(web::post().to(complete)),
+        )
+        .service(resource("/appointments/{his_id}/no-show", "POST").route(web::post().to(no_show)))
+        .service(resource("/bulk", "POST").route(web::post().to(bulk)))
         .default_service(web::to(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -209,18 +231,25 @@ fn context(req: &HttpRequest, p: &Principal, key: String) -> CommandContext {
     }
 }
 
+/// The `Idempotency-Key`: 1 to 200 visible ASCII characters, spaces and tabs
+/// inside allowed (`openapi::IDEMPOTENCY_KEY_PATTERN` says the same to clients;
+/// HTTP itself drops them around the value).
 fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
-    match req.headers().get("idempotency-key").map(|v| v.to_str()) {
-        None => Err(Problem::new(
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "IDEMPOTENCY_KEY_REQUIRED",
             "every write needs an Idempotency-Key header",
-        )),
-        Some(Ok(k)) if !k.trim().is_empty() && k.len() <= 200 => Ok(k.to_owned()),
-        Some(_) => Err(Problem::new(
+        ));
+    };
+    match value.to_str() {
+        Ok(key) if key.len() <= 200 && key.bytes().any(|b| b.is_ascii_graphic()) => {
+            Ok(key.to_owned())
+        }
+        _ => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "INVALID_IDEMPOTENCY_KEY",
-            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+            "Idempotency-Key must be 1 to 200 visible ASCII characters (spaces inside allowed)",
         )),
     }
 }
@@ -370,15 +399,21 @@ where
     Ok(answer(result))
 }
 
+/// Create or update a practitioner
+///
+/// The practitioner as the HIS has it now, keyed by the HIS's id. An
+/// inactive practitioner is kept (with their appointments) but cannot be
+/// booked.
 #[utoipa::path(
     put, path = "/his/v1/practitioners/{hisId}", tag = "practitioners",
     params(("hisId" = String, Path, description = "The HIS's practitioner id")),
-    request_body = PractitionerBody,
+    request_body(content = PractitionerBody, example = json!({
+        "version": 7, "name": "Dr. Ada Jansen", "specialty": "Cardiology",
+        "department": "Heart Centre", "location": "Building B, floor 2",
+    })),
     responses(
         (status = 200, description = "Applied, unchanged or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn put_practitioner(
     req: HttpRequest,
@@ -398,15 +433,29 @@ async fn put_practitioner(
     .await
 }
 
+/// Replace a practitioner's schedule
+///
+/// The whole schedule: weekly rules in the hospital's local time, and the
+/// exceptions (leave, extra sessions). Exceptions not in it are removed.
+/// Send the practitioner first.
 #[utoipa::path(
     put, path = "/his/v1/practitioners/{hisId}/schedule", tag = "schedules",
     params(("hisId" = String, Path, description = "The HIS's practitioner id")),
-    request_body = ScheduleBody,
+    request_body(content = ScheduleBody, example = json!({
+        "version": 3,
+        "weeklyRules": [{
+            "weekdays": ["MON", "TUE", "THU"], "start": "08:00", "end": "12:00",
+            "gridMinutes": 20, "effectiveFrom": "2026-01-05",
+        }],
+        "exceptions": [
+            {"hisId": "LEAVE-12", "date": "2026-12-24", "kind": "unavailable", "reason": "Christmas leave"},
+            {"hisId": "EXTRA-3", "date": "2026-12-19", "kind": "extra-session", "start": "09:00", "end": "11:00", "gridMinutes": 20},
+        ],
+    })),
     responses(
         (status = 200, description = "Applied, unchanged or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_PRACTITIONER: send the practitioner first", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn put_schedule(
     req: HttpRequest,
@@ -426,15 +475,22 @@ async fn put_schedule(
     .await
 }
 
+/// Create or update a service
+///
+/// What can be booked: its duration, buffers, capacity, booking window and
+/// the practitioners who offer it (sent before).
 #[utoipa::path(
     put, path = "/his/v1/services/{hisId}", tag = "services",
     params(("hisId" = String, Path, description = "The HIS's service id")),
-    request_body = ServiceBody,
+    request_body(content = ServiceBody, example = json!({
+        "version": 2, "name": "Cardiology consultation", "durationMinutes": 20,
+        "bufferAfterMinutes": 5, "practitionerIds": ["DOC-1"],
+        "minNoticeMinutes": 60, "maxAdvanceDays": 90,
+    })),
     responses(
         (status = 200, description = "Applied, unchanged or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_PRACTITIONER: a practitioner it names was not sent yet", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn put_service(
     req: HttpRequest,
@@ -454,15 +510,21 @@ async fn put_service(
     .await
 }
 
+/// Record a patient's contact data
+///
+/// Contact data and notification preferences, whole: what is absent is
+/// removed. Nothing clinical.
 #[utoipa::path(
     put, path = "/his/v1/patients/{hisId}", tag = "patients",
     params(("hisId" = String, Path, description = "The HIS's patient id")),
-    request_body = PatientBody,
+    request_body(content = PatientBody, example = json!({
+        "lastModified": "2026-11-30T16:05:00Z", "name": "Ada Jansen",
+        "phone": "+31 20 123 4567", "email": "ada@example.org", "language": "nl",
+        "optedOut": ["sms"],
+    })),
     responses(
         (status = 200, description = "Applied, unchanged or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn put_patient(
     req: HttpRequest,
@@ -482,17 +544,27 @@ async fn put_patient(
     .await
 }
 
+/// Book or move an appointment
+///
+/// The appointment as the HIS has it now. Unknown to Buktor: it is booked;
+/// known: it is moved when its time or practitioner changed. Buktor's rules
+/// apply (free time, schedule, notice, window) unless `force` is sent with
+/// a `forceReason`, which is recorded.
 #[utoipa::path(
     put, path = "/his/v1/appointments/{hisId}", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
-    request_body = AppointmentBody,
+    request_body(content = AppointmentBody, example = json!({
+        "version": 1, "practitionerId": "DOC-1", "serviceId": "SVC-CARD",
+        "start": "2027-03-02T09:20:00+01:00",
+        "patient": {"hisId": "PAT-1", "name": "Ada Jansen", "phone": "+31 20 123 4567"},
+        "note": "Bring the referral letter",
+    })),
     responses(
         (status = 200, description = "Booked, moved, unchanged or stale", body = WriteResult),
         (status = 409, description = "The time is taken (SLOT_TAKEN); send force with a forceReason to override", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "UNKNOWN_PRACTITIONER or UNKNOWN_SERVICE", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "A rule refuses it (OUTSIDE_AVAILABILITY, IN_THE_PAST, …) or the input is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn put_appointment(
     req: HttpRequest,
@@ -512,15 +584,19 @@ async fn put_appointment(
     .await
 }
 
+/// Cancel an appointment
+///
+/// Says who cancelled and why; the patient is told.
 #[utoipa::path(
     post, path = "/his/v1/appointments/{hisId}/cancel", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
-    request_body = CancelBody,
+    request_body(content = CancelBody, example = json!({
+        "version": 2, "reason": "Patient called to cancel", "cancelledBy": "patient",
+    })),
     responses(
         (status = 200, description = "Cancelled or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_APPOINTMENT", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn cancel_appointment(
     req: HttpRequest,
@@ -559,15 +635,18 @@ async fn step(
     .await
 }
 
+/// Check a patient in
+///
+/// The patient arrived for the appointment.
 #[utoipa::path(
     post, path = "/his/v1/appointments/{hisId}/check-in", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
-    request_body = StepBody,
+    request_body(content = StepBody, example = json!({"version": 3})),
     responses(
         (status = 200, description = "Checked in or stale", body = WriteResult),
-        (status = "4XX", description = "Refused (CHECK_IN_TOO_EARLY, INVALID_TRANSITION, …)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_APPOINTMENT", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "CHECK_IN_TOO_EARLY", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn check_in(
     req: HttpRequest,
@@ -578,15 +657,17 @@ async fn check_in(
     step(req, state, path, payload, Attendance::CheckIn).await
 }
 
+/// Complete an appointment
+///
+/// The appointment took place.
 #[utoipa::path(
     post, path = "/his/v1/appointments/{hisId}/complete", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
-    request_body = StepBody,
+    request_body(content = StepBody, example = json!({"version": 4})),
     responses(
         (status = 200, description = "Completed or stale", body = WriteResult),
-        (status = "4XX", description = "Refused", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_APPOINTMENT", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn complete(
     req: HttpRequest,
@@ -597,15 +678,18 @@ async fn complete(
     step(req, state, path, payload, Attendance::Complete).await
 }
 
+/// Mark an appointment as a no-show
+///
+/// The patient did not come (only after the start).
 #[utoipa::path(
     post, path = "/his/v1/appointments/{hisId}/no-show", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
-    request_body = StepBody,
+    request_body(content = StepBody, example = json!({"lastModified": "2026-12-01T10:02:00+01:00"})),
     responses(
         (status = 200, description = "Marked as no-show or stale", body = WriteResult),
-        (status = "4XX", description = "Refused (NOT_STARTED_YET, INVALID_TRANSITION, …)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "UNKNOWN_APPOINTMENT", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "NOT_STARTED_YET", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn no_show(
     req: HttpRequest,
@@ -616,6 +700,9 @@ async fn no_show(
     step(req, state, path, payload, Attendance::NoShow).await
 }
 
+/// Read an appointment
+///
+/// The appointment as Buktor has it, with the last HIS version applied.
 #[utoipa::path(
     get, path = "/his/v1/appointments/{hisId}", tag = "appointments",
     params(("hisId" = String, Path, description = "The HIS's appointment id")),
@@ -623,7 +710,6 @@ async fn no_show(
         (status = 200, description = "The appointment as Buktor has it", body = AppointmentView),
         (status = 404, description = "UNKNOWN_APPOINTMENT", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn get_appointment(
     req: HttpRequest,
@@ -740,15 +826,24 @@ where
         .await
 }
 
+/// Load or reconcile many records at once
+///
+/// The initial load or a nightly reconciliation: up to 10,000 records,
+/// applied in dependency order (practitioners, services, schedules,
+/// patients, appointments). Each record is checked and applied alone: one
+/// that is refused fails with its problem, the others apply.
 #[utoipa::path(
     post, path = "/his/v1/bulk", tag = "bulk",
-    request_body = BulkBody,
+    request_body(content = BulkBody, example = json!({
+        "practitioners": [{"hisId": "DOC-1", "version": 7, "name": "Dr. Ada Jansen", "specialty": "Cardiology"}],
+        "services": [{"hisId": "SVC-CARD", "version": 2, "name": "Cardiology consultation", "durationMinutes": 20, "practitionerIds": ["DOC-1"]}],
+        "schedules": [{"practitionerId": "DOC-1", "version": 3, "weeklyRules": [{"weekdays": ["MON", "WED"], "start": "08:00", "end": "12:00", "gridMinutes": 20, "effectiveFrom": "2026-01-05"}]}],
+        "patients": [{"hisId": "PAT-1", "version": 1, "name": "Ada Jansen", "language": "nl"}],
+    })),
     responses(
         (status = 200, description = "Every record's outcome; refused records carry their problem", body = BulkResult),
-        (status = 400, description = "MALFORMED_BODY or IDEMPOTENCY_KEY_REQUIRED", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "TOO_MANY_RECORDS or BODY_TOO_LARGE", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "TOO_MANY_RECORDS (more than 10,000) or BODY_TOO_LARGE", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("hisKey" = []))
 )]
 async fn bulk(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Handler {
     let p = his_caller(&req, &state).await?;

@@ -8,13 +8,15 @@ use buktor_domain::practitioner::PractitionerDetails;
 use buktor_domain::schedule::{ScheduleException, WeeklyRule};
 use buktor_domain::service::ServiceDetails;
 use buktor_domain::time::{self, Instant};
-use buktor_domain::values::{Email, Language, Name, PatientRef, Phone, Reason, ShortText};
+use buktor_domain::values::{Email, Language, PatientRef, Phone, Reason, ShortText, Text};
 use buktor_domain::{derived_uuid, DomainError, PractitionerId, ServiceId, TenantId};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use super::openapi::schemas;
 
 /// The record's version in the HIS: exactly one of `version` (a number
 /// that grows with every change) or `lastModified` (a time that does).
@@ -39,8 +41,42 @@ fn invalid(field: &'static str, message: impl Into<String>) -> DomainError {
     DomainError::invalid(field, message)
 }
 
+/// The schema bounds text by its length as sent (JSON Schema's
+/// `maxLength` cannot trim); the domain counts again after trimming.
+fn within<const MAX: usize>(field: &'static str, raw: &str) -> Invalid<()> {
+    if raw.chars().count() > MAX {
+        return Err(invalid(field, format!("must be at most {MAX} characters")));
+    }
+    Ok(())
+}
+
+/// Required text: at most `MAX` characters, not blank, no control
+/// characters inside (surrounding white space is trimmed).
+fn text<const MAX: usize>(field: &'static str, raw: &str) -> Invalid<Text<MAX>> {
+    within::<MAX>(field, raw)?;
+    Text::parse(field, raw)
+}
+
+/// Optional text: absent, null or blank is no value.
+fn optional_text<const MAX: usize>(
+    field: &'static str,
+    raw: Option<&str>,
+) -> Invalid<Option<Text<MAX>>> {
+    if let Some(raw) = raw {
+        within::<MAX>(field, raw)?;
+    }
+    optional(raw, |s| Text::parse(field, s))
+}
+
+fn optional_email(raw: Option<&str>) -> Invalid<Option<Email>> {
+    if let Some(raw) = raw {
+        within::<{ schemas::EMAIL_MAX }>("email", raw)?;
+    }
+    optional(raw, Email::parse)
+}
+
 pub fn parse_his_id(field: &'static str, raw: &str) -> Invalid<ShortText> {
-    ShortText::parse(field, raw)
+    text(field, raw)
 }
 
 /// The path's id, and the body's when it names one too: they must agree.
@@ -70,23 +106,74 @@ pub fn service_id(tenant: TenantId, his: &ShortText) -> ServiceId {
     ServiceId::from_uuid(HisRecordKind::Service.buktor_id(tenant, his))
 }
 
+/// RFC 3339 as JSON Schema's `date-time` has it: chrono alone would also
+/// take a space between date and time.
+fn rfc3339(raw: &str) -> Option<DateTime<FixedOffset>> {
+    if !matches!(raw.as_bytes().get(10), Some(b'T' | b't')) {
+        return None;
+    }
+    DateTime::parse_from_rfc3339(raw).ok()
+}
+
+/// Digits of exactly `N` characters at `raw[at..]`, as a number.
+fn digits<const N: usize>(raw: &[u8], at: usize) -> Option<u32> {
+    let part = raw.get(at..at + N)?;
+    part.iter()
+        .all(u8::is_ascii_digit)
+        .then(|| part.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+}
+
+/// `YYYY-MM-DD`, JSON Schema's `date` (chrono alone would also take a
+/// sign, more year digits or one-digit months).
+fn calendar_date(raw: &str) -> Option<NaiveDate> {
+    let b = raw.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(
+        i32::try_from(digits::<4>(b, 0)?).ok()?,
+        digits::<2>(b, 5)?,
+        digits::<2>(b, 8)?,
+    )
+}
+
+/// `HH:MM` or `HH:MM:SS` on a 24-hour clock, without leap seconds or fractions.
+fn clock_time(raw: &str) -> Option<NaiveTime> {
+    let b = raw.as_bytes();
+    let seconds = match b.len() {
+        5 => 0,
+        8 if b[5] == b':' => digits::<2>(b, 6)?,
+        _ => return None,
+    };
+    if b[2] != b':' {
+        return None;
+    }
+    NaiveTime::from_hms_opt(digits::<2>(b, 0)?, digits::<2>(b, 3)?, seconds)
+}
+
+/// `YYYY-MM-DDTHH:MM` or `YYYY-MM-DDTHH:MM:SS`, a wall-clock time.
+fn local_date_time(raw: &str) -> Option<NaiveDateTime> {
+    let (date, time) = (raw.get(..10)?, raw.get(11..)?);
+    if raw.as_bytes()[10] != b'T' {
+        return None;
+    }
+    Some(calendar_date(date)?.and_time(clock_time(time)?))
+}
+
 /// A time the HIS sends: RFC 3339 with an offset, or the hospital's local
 /// wall-clock time without one (refused when the clock skips it or shows
 /// it twice, at a DST change); in either form within the years Buktor
 /// accepts (`buktor_domain::time`).
 fn instant(field: &'static str, raw: &str, zone: Tz) -> Invalid<Instant> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+    if let Some(t) = rfc3339(raw) {
         return Instant::parse(field, t.with_timezone(&Utc));
     }
-    let local = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
-        .ok_or_else(|| {
-            invalid(
-                field,
-                format!("{raw:?} is neither RFC 3339 nor a local date-time (YYYY-MM-DDTHH:MM)"),
-            )
-        })?;
+    let local = local_date_time(raw).ok_or_else(|| {
+        invalid(
+            field,
+            format!("{raw:?} is neither RFC 3339 nor a local date-time (YYYY-MM-DDTHH:MM)"),
+        )
+    })?;
     // Checked before it is placed in the zone, which is arithmetic too.
     time::check_date(field, local.date())?;
     match zone.from_local_datetime(&local) {
@@ -102,18 +189,104 @@ fn instant(field: &'static str, raw: &str, zone: Tz) -> Invalid<Instant> {
     }
 }
 
+/// Deserializers that take exactly what the OpenAPI document declares.
+/// A value of the wrong shape makes the body malformed (400); a value of
+/// the right shape that breaks a rule is refused with its field (422).
+mod wire {
+    use super::*;
+    use serde::de::{Error, Unexpected};
+
+    /// JSON Schema's `integer`: any number without a fraction, so `1739.0`
+    /// and `1.739e3` too, within ±(2^63 − 1) (`openapi::INTEGER_MAX`; a double
+    /// cannot tell −2^63 from its neighbours, so that end is left out).
+    pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        // Through serde_json's own number, which reads every JSON number
+        // (also where a dependency turns on its arbitrary precision).
+        let n = serde_json::Number::deserialize(d)?;
+        // 2^63 is exact in a double; every integral double inside it fits.
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) if i != i64::MIN => Ok(i),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < LIMIT => Ok(f as i64),
+            _ => Err(D::Error::invalid_value(
+                Unexpected::Other(&format!("the number {n}")),
+                &"an integer (a number without a fraction, within ±(2^63 − 1))",
+            )),
+        }
+    }
+
+    pub fn optional_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(deserialize_with = "integer")] i64);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+
+    fn parsed<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: impl FnOnce(&str) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<T, D::Error> {
+        let raw = String::deserialize(d)?;
+        parse(&raw).ok_or_else(|| D::Error::invalid_value(Unexpected::Str(&raw), &expected))
+    }
+
+    fn optional_parsed<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: impl FnOnce(&str) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<Option<T>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(raw) => parse(&raw)
+                .map(Some)
+                .ok_or_else(|| D::Error::invalid_value(Unexpected::Str(&raw), &expected)),
+        }
+    }
+
+    pub fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+        parsed(d, calendar_date, "a date YYYY-MM-DD")
+    }
+
+    pub fn optional_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+        optional_parsed(d, calendar_date, "a date YYYY-MM-DD")
+    }
+
+    pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
+        parsed(d, clock_time, "a time HH:MM or HH:MM:SS")
+    }
+
+    pub fn optional_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveTime>, D::Error> {
+        optional_parsed(d, clock_time, "a time HH:MM or HH:MM:SS")
+    }
+
+    pub fn optional_date_time<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        optional_parsed(
+            d,
+            |s| rfc3339(s).map(|t| t.with_timezone(&Utc)),
+            "an RFC 3339 date-time with an offset",
+        )
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PractitionerBody {
     /// The HIS's id; required in bulk, optional (must match the path) otherwise.
+    #[schema(schema_with = schemas::optional_his_id)]
     pub his_id: Option<String>,
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
-    #[schema(example = "Dr. Ada Jansen")]
+    #[schema(schema_with = schemas::name)]
     pub name: String,
-    #[schema(example = "Cardiology")]
+    #[schema(schema_with = schemas::name)]
     pub specialty: String,
+    #[schema(schema_with = schemas::optional_name)]
     pub department: Option<String>,
+    #[schema(schema_with = schemas::optional_name)]
     pub location: Option<String>,
     /// An inactive practitioner is kept but cannot be booked.
     #[serde(default = "yes")]
@@ -135,10 +308,10 @@ impl PractitionerBody {
     pub fn parse(self, path_id: &str) -> Invalid<Parsed<crate::app::UpsertHisPractitioner>> {
         let his_id = record_id(path_id, self.his_id.as_deref())?;
         let details = PractitionerDetails {
-            name: Name::parse("name", &self.name)?,
-            specialty: Name::parse("specialty", &self.specialty)?,
-            department: optional(self.department.as_deref(), |s| Name::parse("department", s))?,
-            location: optional(self.location.as_deref(), |s| Name::parse("location", s))?,
+            name: text("name", &self.name)?,
+            specialty: text("specialty", &self.specialty)?,
+            department: optional_text("department", self.department.as_deref())?,
+            location: optional_text("location", self.location.as_deref())?,
             external_id: Some(his_id.clone()),
         };
         Ok(Parsed {
@@ -156,25 +329,42 @@ impl PractitionerBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceBody {
+    /// The HIS's id; required in bulk, optional (must match the path) otherwise.
+    #[schema(schema_with = schemas::optional_his_id)]
     pub his_id: Option<String>,
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
-    #[schema(example = "Cardiology consultation")]
+    #[schema(schema_with = schemas::name)]
     pub name: String,
-    #[schema(example = 20)]
+    /// How long one appointment takes.
+    #[serde(deserialize_with = "wire::integer")]
+    #[schema(minimum = 5, maximum = 480)]
     pub duration_minutes: i64,
-    #[serde(default)]
+    /// Time kept free before each appointment.
+    #[serde(default, deserialize_with = "wire::integer")]
+    #[schema(minimum = 0, maximum = 120)]
     pub buffer_before_minutes: i64,
-    #[serde(default)]
+    /// Time kept free after each appointment.
+    #[serde(default, deserialize_with = "wire::integer")]
+    #[schema(minimum = 0, maximum = 120)]
     pub buffer_after_minutes: i64,
     /// Patients per slot (group sessions take more than one).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "wire::integer")]
+    #[schema(minimum = 1, maximum = 500)]
     pub capacity: i64,
-    /// The HIS ids of the practitioners who offer it (sent before).
+    /// The HIS ids of the practitioners who offer it (sent before); repeats count once.
+    #[schema(schema_with = schemas::his_ids)]
     pub practitioner_ids: Vec<String>,
-    #[serde(default)]
+    /// How long before its start an appointment may be booked at the latest
+    /// (up to 60 days).
+    #[serde(default, deserialize_with = "wire::integer")]
+    #[schema(minimum = 0, maximum = 86400)]
     pub min_notice_minutes: i64,
-    #[serde(default = "a_year")]
+    /// How far ahead patients may book.
+    #[serde(default = "a_year", deserialize_with = "wire::integer")]
+    #[schema(minimum = 1, maximum = 730)]
     pub max_advance_days: i64,
     #[serde(default = "yes")]
     pub active: bool,
@@ -253,15 +443,27 @@ impl From<Day> for Weekday {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeeklyRuleBody {
+    /// The days it applies on; repeats count once.
+    #[schema(min_items = 1)]
     pub weekdays: Vec<Day>,
-    #[schema(value_type = String, example = "08:00")]
+    /// Must be before `end` (a session within one day).
+    #[serde(deserialize_with = "wire::time")]
+    #[schema(schema_with = schemas::time_of_day)]
     pub start: NaiveTime,
-    #[schema(value_type = String, example = "12:00")]
+    #[serde(deserialize_with = "wire::time")]
+    #[schema(schema_with = schemas::time_of_day)]
     pub end: NaiveTime,
     /// Slots start every this many minutes.
-    #[schema(example = 20)]
+    #[serde(deserialize_with = "wire::integer")]
+    #[schema(minimum = 5, maximum = 240)]
     pub grid_minutes: i64,
+    /// The first day it applies.
+    #[serde(deserialize_with = "wire::date")]
+    #[schema(value_type = String, format = Date)]
     pub effective_from: NaiveDate,
+    /// The last day it applies (not before `effectiveFrom`); none: open-ended.
+    #[serde(default, deserialize_with = "wire::optional_date")]
+    #[schema(value_type = Option<String>, format = Date)]
     pub effective_to: Option<NaiveDate>,
 }
 
@@ -278,14 +480,23 @@ pub enum ExceptionKindBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExceptionBody {
     /// The HIS's id of this exception, unique per practitioner.
+    #[schema(schema_with = schemas::his_id)]
     pub his_id: String,
+    #[serde(deserialize_with = "wire::date")]
+    #[schema(value_type = String, format = Date)]
     pub date: NaiveDate,
     pub kind: ExceptionKindBody,
-    #[schema(value_type = Option<String>, example = "13:00")]
+    /// With `end` (before it), or neither for the whole day when unavailable.
+    #[serde(default, deserialize_with = "wire::optional_time")]
+    #[schema(schema_with = schemas::optional_time_of_day)]
     pub start: Option<NaiveTime>,
-    #[schema(value_type = Option<String>, example = "17:00")]
+    #[serde(default, deserialize_with = "wire::optional_time")]
+    #[schema(schema_with = schemas::optional_time_of_day)]
     pub end: Option<NaiveTime>,
+    /// Required for an extra session (5 to 240); ignored otherwise.
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub grid_minutes: Option<i64>,
+    #[schema(schema_with = schemas::optional_reason)]
     pub reason: Option<String>,
 }
 
@@ -294,10 +505,16 @@ pub struct ExceptionBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleBody {
     /// The practitioner's HIS id; required in bulk, optional (must match the path) otherwise.
+    #[schema(schema_with = schemas::optional_his_id)]
     pub practitioner_id: Option<String>,
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
+    /// None: the practitioner has no recurring hours.
+    #[schema(max_items = 100)]
     pub weekly_rules: Vec<WeeklyRuleBody>,
+    /// Their `hisId`s differ.
     #[serde(default)]
     pub exceptions: Vec<ExceptionBody>,
 }
@@ -337,9 +554,7 @@ impl ScheduleBody {
                     ));
                 }
                 let id = exception_id(tenant, &practitioner_his_id, &eid);
-                let reason = optional(e.reason.as_deref(), |s| {
-                    Reason::parse("exceptions.reason", s)
-                })?;
+                let reason = optional_text("exceptions.reason", e.reason.as_deref())?;
                 match e.kind {
                     ExceptionKindBody::Unavailable => {
                         ScheduleException::unavailable(id, e.date, e.start, e.end, reason)
@@ -389,14 +604,20 @@ pub enum ChannelBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatientBody {
+    /// The HIS's id; required in bulk, optional (must match the path) otherwise.
+    #[schema(schema_with = schemas::optional_his_id)]
     pub his_id: Option<String>,
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
+    #[schema(schema_with = schemas::optional_name)]
     pub name: Option<String>,
-    /// E.164, e.g. +31201234567.
+    #[schema(schema_with = schemas::phone)]
     pub phone: Option<String>,
+    #[schema(schema_with = schemas::email)]
     pub email: Option<String>,
-    /// What the patient reads, e.g. `nl`, `en`, `pt-BR`.
+    #[schema(schema_with = schemas::language)]
     pub language: Option<String>,
     /// Channels the patient does not want to be contacted on.
     #[serde(default)]
@@ -417,9 +638,9 @@ impl PatientBody {
         opted_out.sort_by_key(|c| c.as_str());
         opted_out.dedup();
         let contact = PatientContact {
-            name: optional(self.name.as_deref(), |s| Name::parse("name", s))?,
+            name: optional_text("name", self.name.as_deref())?,
             phone: optional(self.phone.as_deref(), Phone::parse)?,
-            email: optional(self.email.as_deref(), Email::parse)?,
+            email: optional_email(self.email.as_deref())?,
             language: optional(self.language.as_deref(), Language::parse)?,
             opted_out,
         };
@@ -439,9 +660,13 @@ impl PatientBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppointmentPatient {
+    #[schema(schema_with = schemas::his_id)]
     pub his_id: String,
+    #[schema(schema_with = schemas::optional_name)]
     pub name: Option<String>,
+    #[schema(schema_with = schemas::phone)]
     pub phone: Option<String>,
+    #[schema(schema_with = schemas::email)]
     pub email: Option<String>,
 }
 
@@ -450,23 +675,30 @@ pub struct AppointmentPatient {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppointmentBody {
+    /// The HIS's id; required in bulk, optional (must match the path) otherwise.
+    #[schema(schema_with = schemas::optional_his_id)]
     pub his_id: Option<String>,
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
     /// The practitioner's HIS id.
+    #[schema(schema_with = schemas::his_id)]
     pub practitioner_id: String,
-    /// The service's HIS id.
+    /// The service's HIS id; an appointment keeps its service.
+    #[schema(schema_with = schemas::his_id)]
     pub service_id: String,
-    /// RFC 3339 with an offset, or the hospital's local time without one.
-    #[schema(example = "2026-12-01T09:20:00+01:00")]
+    #[schema(schema_with = schemas::appointment_start)]
     pub start: String,
     pub patient: AppointmentPatient,
+    #[schema(schema_with = schemas::optional_reason)]
     pub note: Option<String>,
     /// Book or move even where Buktor's rules refuse (taken time, outside
     /// the schedule, notice, window); `forceReason` is then required and
     /// recorded.
     #[serde(default)]
     pub force: bool,
+    #[schema(schema_with = schemas::optional_reason)]
     pub force_reason: Option<String>,
 }
 
@@ -482,9 +714,9 @@ impl AppointmentBody {
         let p = self.patient;
         let patient = PatientRef {
             his_patient_id: parse_his_id("patient.hisId", &p.his_id)?,
-            name: optional(p.name.as_deref(), |s| Name::parse("patient.name", s))?,
+            name: optional_text("patient.name", p.name.as_deref())?,
             phone: optional(p.phone.as_deref(), Phone::parse)?,
-            email: optional(p.email.as_deref(), Email::parse)?,
+            email: optional_email(p.email.as_deref())?,
         };
         Ok(Parsed {
             version: his_version(self.version, self.last_modified)?,
@@ -497,7 +729,7 @@ impl AppointmentBody {
                 service_id: service_id(tenant, &parse_his_id("serviceId", &self.service_id)?),
                 start: instant("start", &self.start, zone)?,
                 patient,
-                note: optional(self.note.as_deref(), |s| Reason::parse("note", s))?,
+                note: optional_text("note", self.note.as_deref())?,
                 overriding: overriding.clone(),
             },
             his_id,
@@ -507,10 +739,7 @@ impl AppointmentBody {
 }
 
 fn overriding(force: bool, reason: Option<&str>) -> Invalid<Option<Reason>> {
-    match (
-        force,
-        optional(reason, |s| Reason::parse("forceReason", s))?,
-    ) {
+    match (force, optional_text::<500>("forceReason", reason)?) {
         (true, Some(r)) => Ok(Some(r)),
         (true, None) => Err(invalid(
             "forceReason",
@@ -532,9 +761,11 @@ pub enum CancelledByBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelBody {
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
-    #[schema(example = "Patient called to cancel")]
+    #[schema(schema_with = schemas::reason)]
     pub reason: String,
     #[serde(default = "hospital")]
     pub cancelled_by: CancelledByBody,
@@ -551,7 +782,7 @@ impl CancelBody {
             version: his_version(self.version, self.last_modified)?,
             change: crate::app::Cancel {
                 appointment_id: appointment_id(tenant, &his_id),
-                reason: Reason::parse("reason", &self.reason)?,
+                reason: text("reason", &self.reason)?,
                 cancelled_by: match self.cancelled_by {
                     CancelledByBody::Patient => CancelledBy::Patient,
                     CancelledByBody::Practitioner => CancelledBy::Practitioner,
@@ -573,7 +804,9 @@ pub fn appointment_id(tenant: TenantId, his: &ShortText) -> buktor_domain::Appoi
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepBody {
+    #[serde(default, deserialize_with = "wire::optional_integer")]
     pub version: Option<i64>,
+    #[serde(default, deserialize_with = "wire::optional_date_time")]
     pub last_modified: Option<DateTime<Utc>>,
 }
 

@@ -1172,3 +1172,188 @@ async fn his_forced_bookings_without_a_schedule_land_on_the_local_day_at_every_h
     }
     assert_eq!(server.get("/health").await.status, 200);
 }
+
+/// What the OpenAPI document allows, the server takes: JSON Schema's
+/// `integer` is any number without a fraction (`1739.0`, `2e1`), and lists
+/// the document lets be empty can be. What it forbids (both `version` and
+/// `lastModified`, no weekday in a rule) the server refuses with a problem.
+#[tokio::test]
+async fn his_accepts_what_its_document_allows_and_refuses_what_it_forbids() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let (_, _, key) = hospital(&deployment, "HIS Contract").await;
+    let his = His::new(&server, &key);
+
+    // Integers written as numbers with a zero fraction or an exponent.
+    let doc = json!({"version": 1739.0, "name": "Dr. Ada Jansen", "specialty": "Cardiology"});
+    let r = his
+        .ok(his.put("/practitioners/DOC-1", "p-1", &doc).await)
+        .await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    let svc = json!({"version": 2e0, "name": "Consultation", "durationMinutes": 2e1,
+        "bufferAfterMinutes": 5.0, "capacity": 1.0, "practitionerIds": ["DOC-1"]});
+    let r = his.ok(his.put("/services/SVC-1", "s-1", &svc).await).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    // A fraction is not an integer.
+    let half = json!({"version": 1739.5, "name": "Dr. Ada Jansen", "specialty": "Cardiology"});
+    let r = his.put("/practitioners/DOC-1", "p-2", &half).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("MALFORMED_BODY")),
+        "{}",
+        r.body
+    );
+    // Nor is a number beyond the document's bounds (±(2^63 − 1)).
+    let huge =
+        r#"{"version": -9223372036854775809, "name": "Dr. Ada Jansen", "specialty": "Cardiology"}"#;
+    let r = his
+        .send(
+            his.client
+                .put(format!("{}/practitioners/DOC-1", his.base))
+                .bearer_auth(&his.key)
+                .header("idempotency-key", "p-3")
+                .header("content-type", "application/json")
+                .body(huge),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("MALFORMED_BODY")),
+        "{}",
+        r.body
+    );
+
+    // A schedule with no rules and no exceptions: the practitioner has no hours.
+    let empty = json!({"version": 1.0, "weeklyRules": [], "exceptions": []});
+    let r = his
+        .ok(his
+            .put("/practitioners/DOC-1/schedule", "sch-1", &empty)
+            .await)
+        .await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    let r = his
+        .ok(his
+            .post(
+                "/bulk",
+                "bulk-empty",
+                &json!({"patients": [], "appointments": []}),
+            )
+            .await)
+        .await;
+    assert_eq!(r["results"], json!([]), "{r}");
+
+    // Forbidden by the document, refused by the server.
+    let both = json!({"version": 1, "lastModified": "2026-12-01T10:00:00Z", "name": "n"});
+    let r = his.put("/patients/PAT-1", "pat-1", &both).await;
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (422, Some("version")),
+        "{}",
+        r.body
+    );
+    let no_day = json!({"version": 2, "weeklyRules": [{"weekdays": [], "start": "08:00", "end": "12:00",
+        "gridMinutes": 20, "effectiveFrom": "2026-01-05"}]});
+    let r = his
+        .put("/practitioners/DOC-1/schedule", "sch-2", &no_day)
+        .await;
+    assert!(matches!(r.status, 400 | 422), "{}", r.body);
+
+    let doc: Value = reqwest::get(format!("{}/his/v1/openapi.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["PatientBody"]["oneOf"].as_array().map(Vec::len),
+        Some(2),
+        "exactly one of version and lastModified"
+    );
+    assert_eq!(
+        schemas["WeeklyRuleBody"]["properties"]["weekdays"]["minItems"],
+        1
+    );
+    assert_eq!(
+        schemas["ScheduleBody"]["properties"]["weeklyRules"].get("minItems"),
+        None
+    );
+}
+
+/// Every write declares its required `Idempotency-Key` header, and every
+/// operation the answers the server gives: 401 everywhere, 400, 422 and 503
+/// on writes, 429 with its headers; a method a path does not take answers
+/// 405 with `Allow`.
+#[tokio::test]
+async fn his_openapi_declares_the_idempotency_key_and_every_answer() {
+    let deployment = Deployment::embedded();
+    let server = deployment.start().await;
+    let doc: Value = reqwest::get(format!("{}/his/v1/openapi.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut writes = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            assert!(
+                op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{what}: no summary"
+            );
+            let statuses = op["responses"].as_object().unwrap();
+            assert!(statuses.contains_key("401"), "{what}: no 401");
+            assert!(statuses.contains_key("429"), "{what}: no 429");
+            assert!(statuses.contains_key("503"), "{what}: no 503");
+            if method == "get" {
+                continue;
+            }
+            writes += 1;
+            let key = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == "Idempotency-Key")
+                .unwrap_or_else(|| panic!("{what}: no Idempotency-Key"));
+            assert_eq!(
+                (&key["in"], &key["required"]),
+                (&json!("header"), &json!(true)),
+                "{what}"
+            );
+            for status in ["400", "422"] {
+                if path == "/his/v1/bulk" && status == "422" {
+                    continue;
+                }
+                assert!(statuses.contains_key(status), "{what}: no {status}");
+            }
+            let body = &op["requestBody"]["content"]["application/json"];
+            assert!(body["example"].is_object(), "{what}: no example body");
+        }
+    }
+    assert_eq!(writes, 10);
+    let limited = &doc["components"]["responses"]["RateLimited"]["headers"];
+    for header in [
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    ] {
+        assert!(limited[header].is_object(), "429 without {header}");
+    }
+
+    let res = reqwest::Client::new()
+        .delete(format!("{}/his/v1/patients/PAT-1", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "PUT");
+    let res = reqwest::Client::new()
+        .post(format!("{}/his/v1/appointments/APT-1", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, PUT");
+}

@@ -243,12 +243,29 @@ mod wire {
         }
     }
 
+    /// A date outside the years Buktor accepts, in any form chrono reads
+    /// (`+262142-12-31`): taken here so that the domain refuses it as out of
+    /// range, naming its field (422), like every other far date.
+    fn far<T: chrono::Datelike>(t: T) -> Option<T> {
+        (!(time::FIRST_YEAR..=time::LAST_YEAR).contains(&t.year())).then_some(t)
+    }
+
+    fn date_or_far(raw: &str) -> Option<NaiveDate> {
+        calendar_date(raw).or_else(|| raw.parse::<NaiveDate>().ok().and_then(far))
+    }
+
+    fn date_time_or_far(raw: &str) -> Option<DateTime<Utc>> {
+        rfc3339(raw)
+            .or_else(|| raw.parse::<DateTime<FixedOffset>>().ok().and_then(far))
+            .map(|t| t.with_timezone(&Utc))
+    }
+
     pub fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
-        parsed(d, calendar_date, "a date YYYY-MM-DD")
+        parsed(d, date_or_far, "a date YYYY-MM-DD")
     }
 
     pub fn optional_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
-        optional_parsed(d, calendar_date, "a date YYYY-MM-DD")
+        optional_parsed(d, date_or_far, "a date YYYY-MM-DD")
     }
 
     pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
@@ -262,11 +279,7 @@ mod wire {
     pub fn optional_date_time<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<DateTime<Utc>>, D::Error> {
-        optional_parsed(
-            d,
-            |s| rfc3339(s).map(|t| t.with_timezone(&Utc)),
-            "an RFC 3339 date-time with an offset",
-        )
+        optional_parsed(d, date_time_or_far, "an RFC 3339 date-time with an offset")
     }
 }
 

@@ -442,6 +442,18 @@ mod tests {
             jail.set_env("DATABASE_URL", "mysql://x");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("postgres://"), "{err}");
+            jail.set_env("DATABASE_URL", "postgres://localhost/buktor");
+            // Durations that would overflow a date are refused at start-up.
+            jail.set_env("BUKTOR_CLOCK_OFFSET_SECS", i64::MIN.to_string());
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("clock_offset_secs"), "{err}");
+            jail.set_env("BUKTOR_CLOCK_OFFSET_SECS", "0");
+            jail.set_env(
+                "BUKTOR_WEBHOOKS__ROTATION_OVERLAP_SECS",
+                u64::MAX.to_string(),
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("rotation_overlap_secs"), "{err}");
             Ok(())
         });
     }

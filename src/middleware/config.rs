@@ -453,6 +453,10 @@ type = "text"
                     "secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ntime_zone = \"Mars/Olympus\"\n",
                     "time_zone",
                 ),
+                (
+                    "secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nretention_days = 4294967295\n",
+                    "retention_days",
+                ),
             ];
             for (i, (text, key)) in cases.iter().enumerate() {
                 let name = format!("c{i}.toml");

@@ -540,7 +540,12 @@ fn refine(doc: &mut Value) {
         for (method, operation) in item.iter_mut() {
             for param in operation["parameters"].as_array_mut().into_iter().flatten() {
                 if param["name"] == "hisId" {
-                    param["schema"] = schema_ref("HisId");
+                    // A path takes no control characters at all, not even
+                    // the white space a body's id may be surrounded by.
+                    param["schema"] = json!({"allOf": [
+                        schema_ref("HisId"),
+                        {"pattern": format!("^{INNER}*$")},
+                    ]});
                 }
             }
             if method != "get" {

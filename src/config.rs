@@ -38,6 +38,21 @@ pub struct Config {
     pub web_dir: Option<PathBuf>,
     pub webhooks: Webhooks,
     pub notifications: Notifications,
+    pub secrets: Secrets,
+}
+
+/// The keys that seal stored secrets (webhook signing secrets, the
+/// token-signing key) at rest: `src/secrets.rs`, docs/secrets.md.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Base64 of 32 random bytes (`buktor secrets generate-key`). Seals new
+    /// values. Required on PostgreSQL; the embedded store makes and keeps
+    /// one in `data_dir/secrets.key` when unset.
+    pub encryption_key: Option<Secret>,
+    /// Keys being rotated out: they still open what they sealed until
+    /// `buktor secrets rotate` (or a start) has sealed it again.
+    pub old_encryption_keys: Vec<Secret>,
 }
 
 /// Patient notifications and reminders (`docs/notifications.md`).
@@ -208,6 +223,7 @@ impl Default for Config {
             web_dir: None,
             webhooks: Webhooks::default(),
             notifications: Notifications::default(),
+            secrets: Secrets::default(),
         }
     }
 }

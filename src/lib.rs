@@ -23,6 +23,7 @@ pub mod middleware;
 pub mod notifications;
 pub mod projection;
 pub mod ratelimit;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

@@ -40,6 +40,11 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// The encryption keys of stored secrets (docs/secrets.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Manage hospitals.
     Tenant {
         #[command(subcommand)]
@@ -112,6 +117,16 @@ enum NotificationsCommand {
         #[arg(long)]
         tenant: TenantId,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new random key for secrets.encryption_key (base64 of 32 bytes).
+    GenerateKey,
+    /// Seal every stored secret under secrets.encryption_key: those stored
+    /// in plaintext and those under a key of secrets.old_encryption_keys.
+    /// Afterwards the old keys can be removed from the configuration.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -347,6 +362,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             buktor::webhooks::cli::run(&*store, &config.webhooks, command).await
         }
         Command::Serve { demo } => serve(config, demo).await,
+        Command::Secrets {
+            command: SecretsCommand::GenerateKey,
+        } => {
+            println!("{}", buktor::secrets::generate_key());
+            Ok(())
+        }
+        Command::Secrets {
+            command: SecretsCommand::Rotate,
+        } => {
+            let (_, _, report) = store::open_and_reseal(&config).await?;
+            println!(
+                "{} stored secrets: {} sealed from plaintext, {} sealed again from an old key, \
+                 all under the current key",
+                report.total, report.sealed, report.resealed
+            );
+            Ok(())
+        }
         Command::Audit { command } => audit_command(&config, command).await,
         Command::Notifications {
             command: NotificationsCommand::SmsSecret { tenant },

@@ -213,6 +213,10 @@ pub enum StoreError {
     NoSuchGeneration { projection: String, generation: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A stored secret cannot be sealed or opened with the configured keys
+    /// (a wrong or missing `secrets.encryption_key`): an operator's fix.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("event store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -391,24 +395,66 @@ pub async fn open_with_audit(
     std::sync::Arc<dyn Store>,
     std::sync::Arc<dyn crate::audit::AuditLog>,
 )> {
-    match &config.database_url {
-        Some(url) => {
-            tracing::info!(database = %url, "using PostgreSQL");
-            let store = postgres::PostgresStore::connect(url.expose(), config.pool_size).await?;
-            store.migrate().await?;
-            let store = std::sync::Arc::new(store);
-            Ok((store.clone(), store))
-        }
-        None => {
-            let path = config.data_dir.join("buktor.db");
-            tracing::info!(path = %path.display(), "using the embedded store");
-            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
-                .await
-                .map_err(StoreError::backend)??;
-            let store = std::sync::Arc::new(store);
-            Ok((store.clone(), store))
-        }
+    let (store, audit, _) = open_and_reseal(config).await?;
+    Ok((store, audit))
+}
+
+/// [`open_with_audit`], and what it sealed: every opening seals the stored
+/// secrets that are in plaintext or under an old key under the current key
+/// (`src/secrets.rs`), and fails, naming the row, when one does not open
+/// with the configured keys: a wrong key stops a start, it does not
+/// surface later as failed deliveries.
+pub async fn open_and_reseal(
+    config: &crate::config::Config,
+) -> StoreResult<(
+    std::sync::Arc<dyn Store>,
+    std::sync::Arc<dyn crate::audit::AuditLog>,
+    crate::secrets::ResealReport,
+)> {
+    let sealer = sealer(config)?;
+    let key_id = sealer.keys().map(|k| k.current_id().to_owned());
+    let (store, audit, report): (std::sync::Arc<dyn Store>, std::sync::Arc<dyn crate::audit::AuditLog>, _) =
+        match &config.database_url {
+            Some(url) => {
+                tracing::info!(database = %url, "using PostgreSQL");
+                let store = postgres::PostgresStore::connect(url.expose(), config.pool_size)
+                    .await?
+                    .with_sealer(sealer);
+                store.migrate().await?;
+                let report = store.reseal_secrets().await?;
+                let store = std::sync::Arc::new(store);
+                (store.clone(), store, report)
+            }
+            None => {
+                let path = config.data_dir.join("buktor.db");
+                tracing::info!(path = %path.display(), "using the embedded store");
+                let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+                    .await
+                    .map_err(StoreError::backend)??
+                    .with_sealer(sealer);
+                let report = store.reseal_secrets().await?;
+                let store = std::sync::Arc::new(store);
+                (store.clone(), store, report)
+            }
+        };
+    if report.sealed + report.resealed > 0 {
+        tracing::info!(
+            key = key_id.as_deref().unwrap_or(""),
+            sealed = report.sealed,
+            resealed = report.resealed,
+            "sealed stored secrets under the current encryption key"
+        );
     }
+    Ok((store, audit, report))
+}
+
+/// The sealer of the configured keys. Every store the server or a command
+/// opens seals; PostgreSQL without `secrets.encryption_key` is refused, as
+/// its instances could not share a key made on one machine.
+fn sealer(config: &crate::config::Config) -> StoreResult<crate::secrets::Sealer> {
+    let keys = crate::secrets::SecretKeys::from_config(config)?
+        .ok_or(crate::secrets::SecretsError::NoKey)?;
+    Ok(crate::secrets::Sealer::new(std::sync::Arc::new(keys)))
 }
 
 /// Whether the configuration selects the embedded store.

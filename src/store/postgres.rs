@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
+use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 
 mod access;
 mod audit_chain;
@@ -214,6 +215,8 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     /// Revocations heard on this instance's listening connection.
     revocations: Arc<crate::store::access::RevocationFeed>,
+    /// Seals the webhook secrets and server secrets this store keeps.
+    sealer: Sealer,
 }
 
 impl PostgresStore {
@@ -275,6 +278,7 @@ impl PostgresStore {
             appends,
             config: committer_config.clone(),
             revocations: Arc::default(),
+            sealer: Sealer::default(),
         };
         store.ping().await?;
         let queue = Arc::new(Mutex::new(queue));
@@ -283,6 +287,104 @@ impl PostgresStore {
             tokio::spawn(committer.run(Arc::clone(&queue), group.max_batch));
         }
         Ok(store)
+    }
+
+    /// This store, sealing the secrets it keeps with `sealer`.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Seals every stored secret that is in plaintext (from before sealing)
+    /// or sealed under an old key, under the current key; fails, naming
+    /// the row, if one does not open with the configured keys. Row by row,
+    /// each under `FOR UPDATE`, so a rotation of a webhook secret meanwhile
+    /// is not undone; safe to run from several instances at once.
+    pub async fn reseal_secrets(&self) -> StoreResult<ResealReport> {
+        let mut report = ResealReport::default();
+        if self.sealer.keys().is_none() {
+            return Ok(report);
+        }
+        let mut client = self.client().await?;
+        let ids: Vec<Uuid> = client
+            .query("SELECT id FROM webhook_endpoints ORDER BY id", &[])
+            .await
+            .map_err(map_db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for id in ids {
+            let tx = client.transaction().await.map_err(map_db)?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT secret, previous_secret FROM webhook_endpoints \
+                     WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await
+                .map_err(map_db)?
+            else {
+                continue;
+            };
+            let current: String = row.get(0);
+            let previous: Option<String> = row.get(1);
+            let new_current = self
+                .sealer
+                .reseal(&endpoint_context(id, false), current.as_bytes())?;
+            report.count(current.as_bytes(), new_current.is_some());
+            let new_previous = match &previous {
+                Some(p) => {
+                    let n = self
+                        .sealer
+                        .reseal(&endpoint_context(id, true), p.as_bytes())?;
+                    report.count(p.as_bytes(), n.is_some());
+                    n
+                }
+                None => None,
+            };
+            let text = |v: Vec<u8>| String::from_utf8(v).expect("sealed values are text");
+            if new_current.is_some() || new_previous.is_some() {
+                let current = new_current.map(text).unwrap_or(current);
+                let previous = new_previous.map(text).or(previous);
+                tx.execute(
+                    "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3 WHERE id = $1",
+                    &[&id, &current, &previous],
+                )
+                .await
+                .map_err(map_db)?;
+            }
+            tx.commit().await.map_err(map_db)?;
+        }
+        let tx = client.transaction().await.map_err(map_db)?;
+        let rows = tx
+            .query(
+                "SELECT name, secret FROM server_secrets ORDER BY name FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(map_db)?;
+        for row in rows {
+            let name: String = row.get(0);
+            let stored: Vec<u8> = row.get(1);
+            let new = self
+                .sealer
+                .reseal(&server_secret_context(&name), &stored)?;
+            report.count(&stored, new.is_some());
+            if let Some(new) = new {
+                tx.execute(
+                    "UPDATE server_secrets SET secret = $2 WHERE name = $1",
+                    &[&name, &new],
+                )
+                .await
+                .map_err(map_db)?;
+            }
+        }
+        tx.commit().await.map_err(map_db)?;
+        Ok(report)
     }
 
     /// Applies the embedded migrations that are not yet recorded in
@@ -606,6 +708,8 @@ impl Directory for PostgresStore {
 
     async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         let client = self.client().await?;
+        let context = server_secret_context(name);
+        let candidate = self.sealer.seal(&context, candidate);
         client
             .execute(
                 "INSERT INTO server_secrets (name, secret) VALUES ($1, $2) \
@@ -621,7 +725,8 @@ impl Directory for PostgresStore {
             )
             .await
             .map_err(map_db)?;
-        Ok(row.get(0))
+        let stored: Vec<u8> = row.get(0);
+        Ok(self.sealer.open(&context, &stored)?)
     }
 
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {

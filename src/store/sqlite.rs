@@ -20,6 +20,7 @@ use buktor_domain::{Role, TenantId};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
+use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 
 mod access;
 mod audit_chain;
@@ -86,6 +87,8 @@ const READ_STREAM_SQL: &str = concat!(
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// Seals the webhook secrets and server secrets this store keeps.
+    sealer: Sealer,
 }
 
 struct Inner {
@@ -135,7 +138,88 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 revocations: Default::default(),
             }),
+            sealer: Sealer::default(),
         })
+    }
+
+    /// This store, sealing the secrets it keeps with `sealer`.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// Seals every stored secret that is in plaintext (from before sealing)
+    /// or sealed under an old key, under the current key, in one
+    /// transaction; fails, naming the row, if one does not open with the
+    /// configured keys (and then changes nothing).
+    pub async fn reseal_secrets(&self) -> StoreResult<ResealReport> {
+        let sealer = self.sealer.clone();
+        if sealer.keys().is_none() {
+            return Ok(ResealReport::default());
+        }
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_db)?;
+            let mut report = ResealReport::default();
+            let endpoints: Vec<(String, String, Option<String>)> = {
+                let mut statement = tx
+                    .prepare("SELECT id, secret, previous_secret FROM webhook_endpoints ORDER BY id")
+                    .map_err(map_db)?;
+                let rows = statement
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(map_db)?;
+                rows.collect::<Result<_, _>>().map_err(map_db)?
+            };
+            for (id, current, previous) in endpoints {
+                let uuid = parse_uuid(&id)?;
+                let new_current = sealer.reseal(&endpoint_context(uuid, false), current.as_bytes())?;
+                report.count(current.as_bytes(), new_current.is_some());
+                let new_previous = match &previous {
+                    Some(p) => {
+                        let n = sealer.reseal(&endpoint_context(uuid, true), p.as_bytes())?;
+                        report.count(p.as_bytes(), n.is_some());
+                        n
+                    }
+                    None => None,
+                };
+                if new_current.is_some() || new_previous.is_some() {
+                    let text = |v: Vec<u8>| String::from_utf8(v).expect("sealed values are text");
+                    tx.execute(
+                        "UPDATE webhook_endpoints SET secret = ?2, previous_secret = ?3 WHERE id = ?1",
+                        params![
+                            id,
+                            new_current.map(text).unwrap_or(current),
+                            new_previous.map(text).or(previous)
+                        ],
+                    )
+                    .map_err(map_db)?;
+                }
+            }
+            let secrets: Vec<(String, Vec<u8>)> = {
+                let mut statement = tx
+                    .prepare("SELECT name, secret FROM server_secrets ORDER BY name")
+                    .map_err(map_db)?;
+                let rows = statement
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(map_db)?;
+                rows.collect::<Result<_, _>>().map_err(map_db)?
+            };
+            for (name, stored) in secrets {
+                let new = sealer.reseal(&server_secret_context(&name), &stored)?;
+                report.count(&stored, new.is_some());
+                if let Some(new) = new {
+                    tx.execute(
+                        "UPDATE server_secrets SET secret = ?2 WHERE name = ?1",
+                        params![name, new],
+                    )
+                    .map_err(map_db)?;
+                }
+            }
+            tx.commit().map_err(map_db)?;
+            Ok(report)
+        })
+        .await
     }
 
     /// The database file.
@@ -594,8 +678,9 @@ impl Directory for SqliteStore {
     }
 
     async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        let (name, candidate) = (name.to_owned(), candidate.to_vec());
-        self.write(move |conn| {
+        let context = server_secret_context(name);
+        let (name, candidate) = (name.to_owned(), self.sealer.seal(&context, candidate));
+        let stored = self.write(move |conn| {
             conn.execute(
                 "INSERT INTO server_secrets (name, secret, created_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (name) DO NOTHING",
@@ -609,7 +694,8 @@ impl Directory for SqliteStore {
             )
             .map_err(map_db)
         })
-        .await
+        .await?;
+        Ok(self.sealer.open(&context, &stored)?)
     }
 
     async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>> {

@@ -24,5 +24,6 @@ mod middleware;
 mod middleware_hl7;
 mod notifications;
 mod read_side;
+mod secrets;
 mod server;
 mod time_bounds;

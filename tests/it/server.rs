@@ -50,7 +50,9 @@ pub struct Deployment {
 #[derive(Clone)]
 enum Backend {
     Embedded { data_dir: PathBuf },
-    Postgres { db: Arc<TestDb> },
+    /// `key`: the deployment's `secrets.encryption_key`, which PostgreSQL
+    /// requires; every process of the deployment is given it.
+    Postgres { db: Arc<TestDb>, key: String },
 }
 
 /// What a server is started with, besides its data.
@@ -110,7 +112,10 @@ impl Deployment {
             .tempdir()
             .expect("cannot create a temporary directory");
         Deployment {
-            backend: Backend::Postgres { db: Arc::new(db) },
+            backend: Backend::Postgres {
+                db: Arc::new(db),
+                key: buktor::secrets::generate_key(),
+            },
             workdir: Arc::new(workdir),
         }
     }
@@ -118,7 +123,7 @@ impl Deployment {
     /// The PostgreSQL URL of this deployment, if it uses PostgreSQL.
     pub fn database_url(&self) -> Option<&str> {
         match &self.backend {
-            Backend::Postgres { db } => Some(&db.url),
+            Backend::Postgres { db, .. } => Some(&db.url),
             Backend::Embedded { .. } => None,
         }
     }
@@ -138,7 +143,9 @@ impl Deployment {
         cmd.current_dir(self.workdir.path());
         match &self.backend {
             Backend::Embedded { data_dir } => cmd.env("BUKTOR_DATA_DIR", data_dir),
-            Backend::Postgres { db } => cmd.env("DATABASE_URL", &db.url),
+            Backend::Postgres { db, key } => cmd
+                .env("DATABASE_URL", &db.url)
+                .env("BUKTOR_SECRETS__ENCRYPTION_KEY", key),
         };
         cmd
     }
@@ -177,6 +184,66 @@ impl Deployment {
             .output()
             .await
             .expect("cannot run the buktor CLI")
+    }
+
+    /// [`Deployment::cli_output`] with `env` on top.
+    pub async fn cli_output_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::process::Command::from(cmd)
+            .output()
+            .await
+            .expect("cannot run the buktor CLI")
+    }
+
+    /// The keys the deployment's processes seal stored secrets with: the
+    /// configured key on PostgreSQL, the key file the embedded store made.
+    pub fn secret_keys(&self) -> buktor::secrets::SecretKeys {
+        let text = match &self.backend {
+            Backend::Postgres { key, .. } => key.clone(),
+            Backend::Embedded { data_dir } => {
+                std::fs::read_to_string(data_dir.join(buktor::secrets::KEY_FILE))
+                    .expect("the embedded store's key file")
+            }
+        };
+        let key = buktor::secrets::parse_key("the key", &text).expect("a key");
+        buktor::secrets::SecretKeys::new(&key, &[])
+    }
+
+    /// The configured encryption key, on PostgreSQL.
+    pub fn encryption_key(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Postgres { key, .. } => Some(key),
+            Backend::Embedded { .. } => None,
+        }
+    }
+
+    /// Runs one SQL statement on the store, past the server.
+    pub async fn execute_sql(&self, sql: &str) {
+        match &self.backend {
+            Backend::Embedded { data_dir } => {
+                let path = data_dir.join("buktor.db");
+                let sql = sql.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path).expect("open the embedded store");
+                    conn.execute_batch(&sql).expect("the statement runs");
+                })
+                .await
+                .expect("the statement task")
+            }
+            Backend::Postgres { db, .. } => {
+                let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                    .await
+                    .expect("cannot connect to the test database");
+                let connection = tokio::spawn(connection);
+                client.batch_execute(sql).await.expect("the statement runs");
+                drop(client);
+                let _ = connection.await;
+            }
+        }
     }
 
     /// The embedded store's database file, if this deployment uses it.
@@ -381,7 +448,7 @@ impl Deployment {
                 .await
                 .expect("the query task")
             }
-            Backend::Postgres { db } => {
+            Backend::Postgres { db, .. } => {
                 let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
                     .await
                     .expect("cannot connect to the test database");

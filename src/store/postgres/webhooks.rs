@@ -14,6 +14,7 @@ use crate::store::webhooks::{
     Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
     MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
+use crate::secrets::{endpoint_context, Sealer};
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
 
@@ -25,20 +26,36 @@ const MESSAGE_COLUMNS: &str = "id, tenant_id, endpoint_id, event_id, position_tx
      ordering_key, event_type, payload, state, attempts, failures, next_attempt_at, created_at, \
      delivered_at, last_error";
 
-fn secret(text: &str) -> StoreResult<SigningSecret> {
-    SigningSecret::parse(text)
+/// A stored webhook secret, opened: sealed, or plaintext from before sealing.
+fn secret(sealer: &Sealer, id: Uuid, previous: bool, stored: &str) -> StoreResult<SigningSecret> {
+    let text = sealer.open_text(&endpoint_context(id, previous), stored)?;
+    SigningSecret::parse(&text)
         .map_err(|_| StoreError::Corrupt("a stored webhook secret is malformed".into()))
 }
 
-fn decode_endpoint(row: &Row) -> StoreResult<EndpointRecord> {
+/// The secrets of `e` as stored: sealed, bound to the endpoint's id.
+fn sealed_secrets(sealer: &Sealer, e: &EndpointRecord) -> (String, Option<String>, Option<DateTime<Utc>>) {
+    let current = sealer.seal_text(&endpoint_context(e.id, false), e.secret.expose());
+    match &e.previous_secret {
+        Some((s, until)) => (
+            current,
+            Some(sealer.seal_text(&endpoint_context(e.id, true), s.expose())),
+            Some(*until),
+        ),
+        None => (current, None, None),
+    }
+}
+
+fn decode_endpoint(sealer: &Sealer, row: &Row) -> StoreResult<EndpointRecord> {
+    let id: Uuid = row.get("id");
     let previous: Option<String> = row.get("previous_secret");
     let until: Option<DateTime<Utc>> = row.get("previous_secret_until");
     let previous_secret = match (previous, until) {
-        (Some(s), Some(until)) => Some((secret(&s)?, until)),
+        (Some(s), Some(until)) => Some((secret(sealer, id, true, &s)?, until)),
         _ => None,
     };
     Ok(EndpointRecord {
-        id: row.get("id"),
+        id,
         tenant: TenantId::from_uuid(row.get("tenant_id")),
         spec: EndpointSpec {
             url: row.get("url"),
@@ -53,7 +70,7 @@ fn decode_endpoint(row: &Row) -> StoreResult<EndpointRecord> {
             max_attempts: row.get::<_, Option<i32>>("max_attempts").map(|n| n as u32),
             disable_on_dead_letter: row.get("disable_on_dead_letter"),
         },
-        secret: secret(row.get("secret"))?,
+        secret: secret(sealer, id, false, row.get("secret"))?,
         previous_secret,
         disabled_reason: row.get("disabled_reason"),
         created_at: row.get("created_at"),
@@ -110,10 +127,7 @@ fn millis(d: std::time::Duration) -> f64 {
 impl WebhookStore for PostgresStore {
     async fn create_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
         let client = self.client().await?;
-        let (previous, until) = match &e.previous_secret {
-            Some((s, until)) => (Some(s.expose()), Some(*until)),
-            None => (None, None),
-        };
+        let (current, previous, until) = sealed_secrets(self.sealer(), e);
         client
             .execute(
                 "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, \
@@ -133,7 +147,7 @@ impl WebhookStore for PostgresStore {
                     &e.spec.rate_limit_per_second.map(|n| n as i32),
                     &e.spec.max_attempts.map(|n| n as i32),
                     &e.spec.disable_on_dead_letter,
-                    &e.secret.expose(),
+                    &current,
                     &previous,
                     &until,
                     &e.disabled_reason,
@@ -148,10 +162,7 @@ impl WebhookStore for PostgresStore {
 
     async fn update_endpoint(&self, e: &EndpointRecord) -> StoreResult<bool> {
         let client = self.client().await?;
-        let (previous, until) = match &e.previous_secret {
-            Some((s, until)) => (Some(s.expose()), Some(*until)),
-            None => (None, None),
-        };
+        let (current, previous, until) = sealed_secrets(self.sealer(), e);
         let n = client
             .execute(
                 "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, \
@@ -172,7 +183,7 @@ impl WebhookStore for PostgresStore {
                     &e.spec.rate_limit_per_second.map(|n| n as i32),
                     &e.spec.max_attempts.map(|n| n as i32),
                     &e.spec.disable_on_dead_letter,
-                    &e.secret.expose(),
+                    &current,
                     &previous,
                     &until,
                     &e.disabled_reason,
@@ -193,7 +204,9 @@ impl WebhookStore for PostgresStore {
             .query_opt(&sql, &[&id, &tenant.as_uuid()])
             .await
             .map_err(map_db)?;
-        row.as_ref().map(decode_endpoint).transpose()
+        row.as_ref()
+            .map(|r| decode_endpoint(self.sealer(), r))
+            .transpose()
     }
 
     async fn endpoints(&self, tenant: Option<TenantId>) -> StoreResult<Vec<EndpointRecord>> {
@@ -207,7 +220,9 @@ impl WebhookStore for PostgresStore {
             .query(&statement, &[&tenant.map(|t| t.as_uuid())])
             .await
             .map_err(map_db)?;
-        rows.iter().map(decode_endpoint).collect()
+        rows.iter()
+            .map(|r| decode_endpoint(self.sealer(), r))
+            .collect()
     }
 
     async fn fanout_checkpoint(&self, tenant: TenantId) -> StoreResult<Position> {
@@ -335,7 +350,7 @@ impl WebhookStore for PostgresStore {
             .await
             .map_err(map_db)?
             .iter()
-            .map(|r| decode_endpoint(r).map(|e| (e.id, std::sync::Arc::new(e))))
+            .map(|r| decode_endpoint(self.sealer(), r).map(|e| (e.id, std::sync::Arc::new(e))))
             .collect::<StoreResult<_>>()?;
         messages
             .into_iter()

@@ -25,6 +25,7 @@ use crate::store::webhooks::{
     Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
     MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
+use crate::secrets::{endpoint_context, Sealer};
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
 
@@ -49,8 +50,10 @@ fn col<T: FromSql>(row: &Row<'_>, name: &str) -> StoreResult<T> {
     row.get(name).map_err(map_db)
 }
 
-fn secret(text: &str) -> StoreResult<SigningSecret> {
-    SigningSecret::parse(text)
+/// A stored webhook secret, opened: sealed, or plaintext from before sealing.
+fn secret(sealer: &Sealer, id: Uuid, previous: bool, stored: &str) -> StoreResult<SigningSecret> {
+    let text = sealer.open_text(&endpoint_context(id, previous), stored)?;
+    SigningSecret::parse(&text)
         .map_err(|_| StoreError::Corrupt("a stored webhook secret is malformed".into()))
 }
 
@@ -81,16 +84,17 @@ fn later(now: DateTime<Utc>, d: std::time::Duration) -> String {
         .unwrap_or_else(|| LATEST.to_owned())
 }
 
-fn decode_endpoint(row: &Row<'_>) -> StoreResult<EndpointRecord> {
+fn decode_endpoint(sealer: &Sealer, row: &Row<'_>) -> StoreResult<EndpointRecord> {
+    let id = parse_uuid(&col::<String>(row, "id")?)?;
     let previous: Option<String> = col(row, "previous_secret")?;
     let until: Option<String> = col(row, "previous_secret_until")?;
     let previous_secret = match (previous, until) {
-        (Some(s), Some(until)) => Some((secret(&s)?, parse_time(&until)?)),
+        (Some(s), Some(until)) => Some((secret(sealer, id, true, &s)?, parse_time(&until)?)),
         _ => None,
     };
     let practitioner_ids: Vec<String> = json_list(&col::<String>(row, "practitioner_ids")?)?;
     Ok(EndpointRecord {
-        id: parse_uuid(&col::<String>(row, "id")?)?,
+        id,
         tenant: TenantId::from_uuid(parse_uuid(&col::<String>(row, "tenant_id")?)?),
         spec: EndpointSpec {
             url: col(row, "url")?,
@@ -106,7 +110,7 @@ fn decode_endpoint(row: &Row<'_>) -> StoreResult<EndpointRecord> {
             max_attempts: col::<Option<i64>>(row, "max_attempts")?.map(count),
             disable_on_dead_letter: col(row, "disable_on_dead_letter")?,
         },
-        secret: secret(&col::<String>(row, "secret")?)?,
+        secret: secret(sealer, id, false, &col::<String>(row, "secret")?)?,
         previous_secret,
         disabled_reason: col(row, "disabled_reason")?,
         created_at: parse_time(&col::<String>(row, "created_at")?)?,
@@ -164,7 +168,7 @@ fn query_all<T>(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-    decode: fn(&Row<'_>) -> StoreResult<T>,
+    decode: impl Fn(&Row<'_>) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut statement = conn.prepare_cached(sql).map_err(map_db)?;
     let mut rows = statement.query(params).map_err(map_db)?;
@@ -210,14 +214,19 @@ struct EndpointValues {
     event_types: String,
     practitioner_ids: String,
     departments: String,
+    /// The secrets, sealed and bound to the endpoint's id.
+    secret: String,
     previous: Option<String>,
     until: Option<String>,
 }
 
 impl EndpointValues {
-    fn of(e: &EndpointRecord) -> StoreResult<Self> {
+    fn of(sealer: &Sealer, e: &EndpointRecord) -> StoreResult<Self> {
         let (previous, until) = match &e.previous_secret {
-            Some((s, until)) => (Some(s.expose()), Some(format_time(*until))),
+            Some((s, until)) => (
+                Some(sealer.seal_text(&endpoint_context(e.id, true), s.expose())),
+                Some(format_time(*until)),
+            ),
             None => (None, None),
         };
         Ok(EndpointValues {
@@ -226,6 +235,7 @@ impl EndpointValues {
             event_types: to_json(&e.spec.event_types)?,
             practitioner_ids: to_json(&e.spec.practitioner_ids)?,
             departments: to_json(&e.spec.departments)?,
+            secret: sealer.seal_text(&endpoint_context(e.id, false), e.secret.expose()),
             previous,
             until,
         })
@@ -236,7 +246,7 @@ impl EndpointValues {
 impl WebhookStore for SqliteStore {
     async fn create_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
         let e = e.clone();
-        let v = EndpointValues::of(&e)?;
+        let v = EndpointValues::of(&self.sealer, &e)?;
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, \
@@ -258,7 +268,7 @@ impl WebhookStore for SqliteStore {
                 e.spec.rate_limit_per_second,
                 e.spec.max_attempts,
                 e.spec.disable_on_dead_letter,
-                e.secret.expose(),
+                v.secret,
                 v.previous,
                 v.until,
                 e.disabled_reason,
@@ -273,7 +283,7 @@ impl WebhookStore for SqliteStore {
 
     async fn update_endpoint(&self, e: &EndpointRecord) -> StoreResult<bool> {
         let e = e.clone();
-        let v = EndpointValues::of(&e)?;
+        let v = EndpointValues::of(&self.sealer, &e)?;
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
@@ -297,7 +307,7 @@ impl WebhookStore for SqliteStore {
                     e.spec.rate_limit_per_second,
                     e.spec.max_attempts,
                     e.spec.disable_on_dead_letter,
-                    e.secret.expose(),
+                    v.secret,
                     v.previous,
                     v.until,
                     e.disabled_reason,
@@ -310,6 +320,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn endpoint(&self, tenant: TenantId, id: Uuid) -> StoreResult<Option<EndpointRecord>> {
+        let sealer = self.sealer.clone();
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2"
@@ -318,7 +329,7 @@ impl WebhookStore for SqliteStore {
                 conn,
                 &sql,
                 params![id.to_string(), tenant.as_uuid().to_string()],
-                decode_endpoint,
+                |r: &Row<'_>| decode_endpoint(&sealer, r),
             )?;
             Ok(found.into_iter().next())
         })
@@ -326,6 +337,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn endpoints(&self, tenant: Option<TenantId>) -> StoreResult<Vec<EndpointRecord>> {
+        let sealer = self.sealer.clone();
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
@@ -335,7 +347,7 @@ impl WebhookStore for SqliteStore {
                 conn,
                 &sql,
                 params![tenant.map(|t| t.as_uuid().to_string())],
-                decode_endpoint,
+                |r: &Row<'_>| decode_endpoint(&sealer, r),
             )
         })
         .await
@@ -416,6 +428,7 @@ impl WebhookStore for SqliteStore {
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         let request = request.clone();
         let skip = to_json(&request.skip_endpoints)?;
+        let sealer = self.sealer.clone();
         self.write(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -483,7 +496,7 @@ impl WebhookStore for SqliteStore {
                                 "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ?1"
                             ),
                             params![message.endpoint_id.to_string()],
-                            decode_endpoint,
+                            |r: &Row<'_>| decode_endpoint(&sealer, r),
                         )?
                         .pop()
                         .ok_or_else(|| {

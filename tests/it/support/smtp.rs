@@ -1,8 +1,9 @@
 //! An SMTP sink for the tests: a small SMTP server on 127.0.0.1 (a random
 //! port) that accepts every message and keeps it, decoded enough to assert
 //! on (headers, and the body undone from quoted-printable or base64).
-//! Plain SMTP only (no TLS, no AUTH): the server under test is configured
-//! with `smtp_tls = none`.
+//! Plain SMTP only (no TLS): the server under test is configured with
+//! `smtp_tls = none`. `AUTH PLAIN` is offered and accepts any credentials
+//! (kept, so a test can check they were sent).
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ impl Mail {
 pub struct SmtpSink {
     pub port: u16,
     mails: Arc<Mutex<Vec<Mail>>>,
+    /// The argument of every `AUTH PLAIN` received (base64 of `\0user\0password`).
+    auths: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -56,18 +59,31 @@ impl SmtpSink {
             .expect("bind the SMTP sink");
         let port = listener.local_addr().expect("an address").port();
         let mails = Arc::new(Mutex::new(Vec::new()));
+        let auths = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let mails = mails.clone();
+            let auths = auths.clone();
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let mails = mails.clone();
+                    let auths = auths.clone();
                     tokio::spawn(async move {
-                        let _ = session(stream, mails).await;
+                        let _ = session(stream, mails, auths).await;
                     });
                 }
             }
         });
-        SmtpSink { port, mails, task }
+        SmtpSink {
+            port,
+            mails,
+            auths,
+            task,
+        }
+    }
+
+    /// The `AUTH PLAIN` arguments received so far.
+    pub fn auths(&self) -> Vec<String> {
+        self.auths.lock().unwrap().clone()
     }
 
     /// The environment that points a server at this sink.
@@ -117,7 +133,11 @@ impl SmtpSink {
     }
 }
 
-async fn session(stream: TcpStream, mails: Arc<Mutex<Vec<Mail>>>) -> std::io::Result<()> {
+async fn session(
+    stream: TcpStream,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    auths: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     write.write_all(b"220 buktor-test-sink ESMTP\r\n").await?;
@@ -132,7 +152,10 @@ async fn session(stream: TcpStream, mails: Arc<Mutex<Vec<Mail>>>) -> std::io::Re
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-buktor-test-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            b"250-buktor-test-sink\r\n250-8BITMIME\r\n250-AUTH PLAIN\r\n250 SMTPUTF8\r\n"
+        } else if upper.starts_with("AUTH PLAIN ") {
+            auths.lock().unwrap().push(command[11..].trim().to_owned());
+            b"235 2.7.0 accepted\r\n"
         } else if upper.starts_with("HELO") {
             b"250 buktor-test-sink\r\n"
         } else if upper.starts_with("MAIL FROM:") {

@@ -414,7 +414,11 @@ pub struct ResealReport {
 
 /// The context a webhook endpoint's secret is bound to.
 pub fn endpoint_context(endpoint: uuid::Uuid, previous: bool) -> String {
-    let column = if previous { "previous_secret" } else { "secret" };
+    let column = if previous {
+        "previous_secret"
+    } else {
+        "secret"
+    };
     format!("webhook_endpoints.{column}:{endpoint}")
 }
 
@@ -437,9 +441,16 @@ mod tests {
         let sealed = k.seal("a", b"whsec_hello");
         assert!(sealed.starts_with(PREFIX), "{sealed}");
         assert!(!sealed.contains("hello"));
-        assert_ne!(sealed, k.seal("a", b"whsec_hello"), "a fresh nonce each time");
+        assert_ne!(
+            sealed,
+            k.seal("a", b"whsec_hello"),
+            "a fresh nonce each time"
+        );
         let opened = k.open("a", sealed.as_bytes()).unwrap();
-        assert_eq!((opened.plaintext.as_slice(), opened.stale), (&b"whsec_hello"[..], false));
+        assert_eq!(
+            (opened.plaintext.as_slice(), opened.stale),
+            (&b"whsec_hello"[..], false)
+        );
         assert!(matches!(
             k.open("b", sealed.as_bytes()),
             Err(SecretsError::DoesNotOpen { .. })
@@ -464,7 +475,10 @@ mod tests {
         assert_eq!(opened.plaintext, b"whsec_hello");
         // Plaintext from before sealing is read, and stale.
         let legacy = k.open("a", b"whsec_plain").unwrap();
-        assert_eq!((legacy.plaintext.as_slice(), legacy.stale), (&b"whsec_plain"[..], true));
+        assert_eq!(
+            (legacy.plaintext.as_slice(), legacy.stale),
+            (&b"whsec_plain"[..], true)
+        );
         assert!(!format!("{k:?}{legacy:?}").contains("plain"));
     }
 

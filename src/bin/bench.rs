@@ -1967,6 +1967,13 @@ mod read_bench {
                 .arg("serve")
                 .env_remove("BUKTOR_CONFIG")
                 .env("BUKTOR_DATABASE_URL", url)
+                // PostgreSQL needs an encryption key for stored secrets; the
+                // bench database is throwaway, so a fixed key unless one is set.
+                .env(
+                    "BUKTOR_SECRETS__ENCRYPTION_KEY",
+                    std::env::var("BUKTOR_SECRETS__ENCRYPTION_KEY")
+                        .unwrap_or_else(|_| "YnVrdG9yLWJlbmNoLWVuY3J5cHRpb24ta2V5LTAwMDE=".into()),
+                )
                 .env("BUKTOR_LISTEN", "127.0.0.1:0")
                 .env("BUKTOR_RATE_LIMIT__REQUESTS", "1000000000")
                 .env("BUKTOR_RATE_LIMIT__WINDOW_SECS", "1")

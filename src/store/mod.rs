@@ -413,30 +413,33 @@ pub async fn open_and_reseal(
 )> {
     let sealer = sealer(config)?;
     let key_id = sealer.keys().map(|k| k.current_id().to_owned());
-    let (store, audit, report): (std::sync::Arc<dyn Store>, std::sync::Arc<dyn crate::audit::AuditLog>, _) =
-        match &config.database_url {
-            Some(url) => {
-                tracing::info!(database = %url, "using PostgreSQL");
-                let store = postgres::PostgresStore::connect(url.expose(), config.pool_size)
-                    .await?
-                    .with_sealer(sealer);
-                store.migrate().await?;
-                let report = store.reseal_secrets().await?;
-                let store = std::sync::Arc::new(store);
-                (store.clone(), store, report)
-            }
-            None => {
-                let path = config.data_dir.join("buktor.db");
-                tracing::info!(path = %path.display(), "using the embedded store");
-                let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
-                    .await
-                    .map_err(StoreError::backend)??
-                    .with_sealer(sealer);
-                let report = store.reseal_secrets().await?;
-                let store = std::sync::Arc::new(store);
-                (store.clone(), store, report)
-            }
-        };
+    let (store, audit, report): (
+        std::sync::Arc<dyn Store>,
+        std::sync::Arc<dyn crate::audit::AuditLog>,
+        _,
+    ) = match &config.database_url {
+        Some(url) => {
+            tracing::info!(database = %url, "using PostgreSQL");
+            let store = postgres::PostgresStore::connect(url.expose(), config.pool_size)
+                .await?
+                .with_sealer(sealer);
+            store.migrate().await?;
+            let report = store.reseal_secrets().await?;
+            let store = std::sync::Arc::new(store);
+            (store.clone(), store, report)
+        }
+        None => {
+            let path = config.data_dir.join("buktor.db");
+            tracing::info!(path = %path.display(), "using the embedded store");
+            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+                .await
+                .map_err(StoreError::backend)??
+                .with_sealer(sealer);
+            let report = store.reseal_secrets().await?;
+            let store = std::sync::Arc::new(store);
+            (store.clone(), store, report)
+        }
+    };
     if report.sealed + report.resealed > 0 {
         tracing::info!(
             key = key_id.as_deref().unwrap_or(""),

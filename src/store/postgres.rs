@@ -46,6 +46,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 use async_trait::async_trait;
 use buktor_domain::{Role, TenantId};
 use chrono::{DateTime, Utc};
@@ -54,7 +55,6 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
-use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 
 mod access;
 mod audit_chain;
@@ -370,9 +370,7 @@ impl PostgresStore {
         for row in rows {
             let name: String = row.get(0);
             let stored: Vec<u8> = row.get(1);
-            let new = self
-                .sealer
-                .reseal(&server_secret_context(&name), &stored)?;
+            let new = self.sealer.reseal(&server_secret_context(&name), &stored)?;
             report.count(&stored, new.is_some());
             if let Some(new) = new {
                 tx.execute(

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 use async_trait::async_trait;
 use buktor_domain::{Role, TenantId};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
-use crate::secrets::{endpoint_context, server_secret_context, ResealReport, Sealer};
 
 mod access;
 mod audit_chain;
@@ -680,21 +680,22 @@ impl Directory for SqliteStore {
     async fn server_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         let context = server_secret_context(name);
         let (name, candidate) = (name.to_owned(), self.sealer.seal(&context, candidate));
-        let stored = self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO server_secrets (name, secret, created_at) VALUES (?1, ?2, ?3) \
+        let stored = self
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO server_secrets (name, secret, created_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (name) DO NOTHING",
-                params![name, candidate, format_time(chrono::Utc::now())],
-            )
-            .map_err(map_db)?;
-            conn.query_row(
-                "SELECT secret FROM server_secrets WHERE name = ?1",
-                [&name],
-                |row| row.get::<_, Vec<u8>>(0),
-            )
-            .map_err(map_db)
-        })
-        .await?;
+                    params![name, candidate, format_time(chrono::Utc::now())],
+                )
+                .map_err(map_db)?;
+                conn.query_row(
+                    "SELECT secret FROM server_secrets WHERE name = ?1",
+                    [&name],
+                    |row| row.get::<_, Vec<u8>>(0),
+                )
+                .map_err(map_db)
+            })
+            .await?;
         Ok(self.sealer.open(&context, &stored)?)
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use serde_json::{json, Value};
 use buktor::secrets::server_secret_context;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::server::{
@@ -456,7 +456,7 @@ async fn embed_session(server: &TestServer, admin: &str) -> String {
         "/embed/v1/tokens",
         Some(&format!("Bearer {admin}")),
         &[],
-        json!({"user": "u-1", "name": "Dr. Who", "role": "admin", "ttlSeconds": 3600}),
+        json!({"user": "u-1", "name": "Dr. Who", "role": "admin", "ttlSeconds": 300}),
     )
     .await;
     assert_eq!(status, 201, "{issued}");
@@ -487,7 +487,9 @@ async fn a_webhook_signed_by_both(
         local(days_ahead(day), 9, 0),
         &format!("P-REST-{day}"),
     );
-    server.gql_ok(&h.admin, BOOK, json!({ "input": input })).await;
+    server
+        .gql_ok(&h.admin, BOOK, json!({ "input": input }))
+        .await;
     hooks
         .wait_until("a new webhook signed with both secrets", WAIT, |a| {
             a.len() > before && a[before..].iter().any(|a| a.verified == vec![true, true])
@@ -557,7 +559,10 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates(deployment: Deployment) 
     let k1 = first_key(&deployment);
     let (current, previous) = stored_endpoint_secrets(&deployment, &h.tenant, &endpoint).await;
     for (stored, secret) in [(&current, &second), (&previous, &first)] {
-        assert!(stored.starts_with(&format!("{SEALED}{}:", key_id(&k1))), "{stored}");
+        assert!(
+            stored.starts_with(&format!("{SEALED}{}:", key_id(&k1))),
+            "{stored}"
+        );
         assert!(!stored.contains(secret.trim_start_matches("whsec_")));
     }
     let key = stored_server_secret(&deployment, SIGNING_KEY).await;
@@ -585,7 +590,10 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates(deployment: Deployment) 
         .await
         .starts_with(SEALED.as_bytes()));
     let me = server.gql_ok(&session, "{ me { role } }", json!({})).await;
-    assert_eq!(me["me"]["role"], "admin", "a session signed before still opens");
+    assert_eq!(
+        me["me"]["role"], "admin",
+        "a session signed before still opens"
+    );
     a_webhook_signed_by_both(&server, &h, &hooks, 4).await;
     assert!(server.stop_sigterm().await.success());
 
@@ -596,17 +604,27 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates(deployment: Deployment) 
         ("BUKTOR_SECRETS__ENCRYPTION_KEY", k2.as_str()),
         ("BUKTOR_SECRETS__OLD_ENCRYPTION_KEYS", old.as_str()),
     ];
-    let said = deployment.cli_with(&["secrets", "rotate"], &rotate_env).await;
+    let said = deployment
+        .cli_with(&["secrets", "rotate"], &rotate_env)
+        .await;
     assert!(
         said.starts_with("3 stored secrets: 0 sealed from plaintext, 3 sealed again"),
         "{said}"
     );
     let (current, previous) = stored_endpoint_secrets(&deployment, &h.tenant, &endpoint).await;
     for stored in [&current, &previous] {
-        assert!(stored.starts_with(&format!("{SEALED}{}:", key_id(&k2))), "{stored}");
+        assert!(
+            stored.starts_with(&format!("{SEALED}{}:", key_id(&k2))),
+            "{stored}"
+        );
     }
-    let again = deployment.cli_with(&["secrets", "rotate"], &rotate_env).await;
-    assert!(again.starts_with("3 stored secrets: 0 sealed from plaintext, 0 sealed again"), "{again}");
+    let again = deployment
+        .cli_with(&["secrets", "rotate"], &rotate_env)
+        .await;
+    assert!(
+        again.starts_with("3 stored secrets: 0 sealed from plaintext, 0 sealed again"),
+        "{again}"
+    );
 
     // The old key is no longer needed: the new one alone serves.
     if let Some(path) = deployment.sqlite_path() {

@@ -49,10 +49,15 @@ pub struct Deployment {
 
 #[derive(Clone)]
 enum Backend {
-    Embedded { data_dir: PathBuf },
+    Embedded {
+        data_dir: PathBuf,
+    },
     /// `key`: the deployment's `secrets.encryption_key`, which PostgreSQL
     /// requires; every process of the deployment is given it.
-    Postgres { db: Arc<TestDb>, key: String },
+    Postgres {
+        db: Arc<TestDb>,
+        key: String,
+    },
 }
 
 /// What a server is started with, besides its data.
@@ -187,7 +192,11 @@ impl Deployment {
     }
 
     /// [`Deployment::cli_output`] with `env` on top.
-    pub async fn cli_output_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    pub async fn cli_output_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         let mut cmd = self.command();
         cmd.args(args);
         for (k, v) in env {

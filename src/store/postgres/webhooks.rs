@@ -9,12 +9,12 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{map_db, PostgresStore};
+use crate::secrets::{endpoint_context, Sealer};
 use crate::store::webhooks::{
     outcome_name, AttemptDecision, AttemptFilter, AttemptRecord, AttemptResult, ClaimRequest,
     Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
     MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
-use crate::secrets::{endpoint_context, Sealer};
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
 
@@ -34,12 +34,15 @@ fn secret(sealer: &Sealer, id: Uuid, previous: bool, stored: &str) -> StoreResul
 }
 
 /// The secrets of `e` as stored: sealed, bound to the endpoint's id.
-fn sealed_secrets(sealer: &Sealer, e: &EndpointRecord) -> (String, Option<String>, Option<DateTime<Utc>>) {
-    let current = sealer.seal_text(&endpoint_context(e.id, false), e.secret.expose());
+fn sealed_secrets(
+    sealer: &Sealer,
+    e: &EndpointRecord,
+) -> (String, Option<String>, Option<DateTime<Utc>>) {
+    let current = sealer.seal_text(&endpoint_context(e.id, false), &e.secret.expose());
     match &e.previous_secret {
         Some((s, until)) => (
             current,
-            Some(sealer.seal_text(&endpoint_context(e.id, true), s.expose())),
+            Some(sealer.seal_text(&endpoint_context(e.id, true), &s.expose())),
             Some(*until),
         ),
         None => (current, None, None),

@@ -20,12 +20,12 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{format_time, map_db, parse_time, parse_uuid, to_micros, SqliteStore};
+use crate::secrets::{endpoint_context, Sealer};
 use crate::store::webhooks::{
     outcome_name, AttemptDecision, AttemptFilter, AttemptRecord, AttemptResult, ClaimRequest,
     Claimed, EndpointRecord, EndpointSpec, MessageCounts, MessageFilter, MessageRecord,
     MessageState, NewMessage, ReplayFrom, WebhookStore,
 };
-use crate::secrets::{endpoint_context, Sealer};
 use crate::store::{Position, StoreError, StoreResult};
 use crate::webhooks::signature::SigningSecret;
 
@@ -224,7 +224,7 @@ impl EndpointValues {
     fn of(sealer: &Sealer, e: &EndpointRecord) -> StoreResult<Self> {
         let (previous, until) = match &e.previous_secret {
             Some((s, until)) => (
-                Some(sealer.seal_text(&endpoint_context(e.id, true), s.expose())),
+                Some(sealer.seal_text(&endpoint_context(e.id, true), &s.expose())),
                 Some(format_time(*until)),
             ),
             None => (None, None),
@@ -235,7 +235,7 @@ impl EndpointValues {
             event_types: to_json(&e.spec.event_types)?,
             practitioner_ids: to_json(&e.spec.practitioner_ids)?,
             departments: to_json(&e.spec.departments)?,
-            secret: sealer.seal_text(&endpoint_context(e.id, false), e.secret.expose()),
+            secret: sealer.seal_text(&endpoint_context(e.id, false), &e.secret.expose()),
             previous,
             until,
         })

@@ -198,8 +198,10 @@ async fn scenario(deployment: &Deployment, format: &str) -> (String, Secrets) {
     );
     secrets.add("the SMS signing key", SMS_KEY);
 
-    let mut options = ServerOptions::default();
-    options.env = sink.env();
+    let mut options = ServerOptions {
+        env: sink.env(),
+        ..Default::default()
+    };
     for (k, v) in [
         ("BUKTOR_LOG__FILTER", "trace"),
         ("BUKTOR_LOG__FORMAT", format),

@@ -264,7 +264,7 @@ fn text_schemas() -> Value {
             "description": "RFC 3339 with an offset, or the hospital's local wall-clock time without one (YYYY-MM-DDTHH:MM[:SS]); a local time that the clock skips or shows twice (DST changes) is refused: give the offset.",
             "anyOf": [
                 {"type": "string", "format": "date-time"},
-                {"type": "string", "pattern": "^(?:19|20|21)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?$"},
+                {"type": "string", "pattern": "^(?:19|20|21)[0-9]{2}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-9]))T(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?$"},
             ],
             "examples": ["2026-12-01T09:20:00+01:00", "2026-12-01T09:20"],
         },
@@ -336,7 +336,7 @@ const ANSWERS: [(&str, &str, &str); 10] = [
 /// Which shared answers an operation can give.
 fn answers_of(method: &str, path: &str) -> &'static [&'static str] {
     match (method, path) {
-        ("get", _) => &["401", "403", "404", "422", "429", "500", "503"],
+        ("get", _) => &["400", "401", "403", "404", "422", "429", "500", "503"],
         ("post", "/his/v1/bulk") => &["400", "401", "403", "413", "429", "500", "503"],
         ("put", "/his/v1/practitioners/{hisId}" | "/his/v1/patients/{hisId}") => &[
             "400", "401", "403", "409", "413", "422", "429", "500", "503",

@@ -20,6 +20,7 @@ mod browser;
 mod embed_api;
 mod fhir;
 mod his_api;
+mod his_schemathesis;
 mod middleware;
 mod middleware_hl7;
 mod notifications;

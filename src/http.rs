@@ -689,24 +689,6 @@ async fn graphql(
         Ok(b) => b,
         Err(res) => return with_quota(res, &quota),
     };
-    // Nesting and size are measured before anything parses the request
-    // (see `graphql::guard`).
-    let request = match crate::graphql::guard::parse_http_body(&body) {
-        Ok(r) => r,
-        Err(crate::graphql::guard::BodyError::Refused(refusal)) => {
-            tracing::warn!(
-                code = refusal.code(),
-                "refused a GraphQL request: {refusal}"
-            );
-            return with_quota(HttpResponse::Ok().json(refusal.response()), &quota);
-        }
-        Err(e) => {
-            return with_quota(
-                problem(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", e.to_string()),
-                &quota,
-            )
-        }
-    };
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -722,17 +704,22 @@ async fn graphql(
         request_id,
         source,
     };
-    let mut response = state
-        .schema
-        .execute_checked(request.data(principal).data(info))
-        .await;
-    // Parse and validation errors come from the GraphQL library without a code.
-    for err in &mut response.errors {
-        let ext = err.extensions.get_or_insert_with(Default::default);
-        if ext.get("code").is_none() {
-            ext.set("code", "GRAPHQL_VALIDATION_FAILED");
+    let response = match state.schema.answer_http_body(&body, principal, info).await {
+        Ok(response) => response,
+        Err(crate::graphql::guard::BodyError::Refused(refusal)) => {
+            tracing::warn!(
+                code = refusal.code(),
+                "refused a GraphQL request: {refusal}"
+            );
+            return with_quota(HttpResponse::Ok().json(refusal.response()), &quota);
         }
-    }
+        Err(e) => {
+            return with_quota(
+                problem(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", e.to_string()),
+                &quota,
+            )
+        }
+    };
     with_quota(HttpResponse::Ok().json(response), &quota)
 }
 

@@ -30,7 +30,8 @@ use async_graphql::{
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::BuktorSchema;
+use super::{BuktorSchema, RequestInfo};
+use crate::auth::Principal;
 
 /// The deepest nesting of `(`, `[` and `{` a document may have, and of
 /// arrays and objects in its variables. The deepest query the schema
@@ -345,6 +346,30 @@ impl Endpoint {
         } else {
             &self.schema
         })
+    }
+
+    /// What POST `/graphql` answers an authenticated caller for `body`:
+    /// the body read within the limits ([`parse_http_body`]), run as
+    /// `principal`, every error carrying an `extensions.code` (the library's
+    /// own parse and validation errors have none). The route and the fuzz
+    /// target (`fuzz/fuzz_targets/graphql_request.rs`) both run this.
+    pub async fn answer_http_body(
+        &self,
+        body: &[u8],
+        principal: Principal,
+        info: RequestInfo,
+    ) -> Result<Response, BodyError> {
+        let request = parse_http_body(body)?;
+        let mut response = self
+            .execute_checked(request.data(principal).data(info))
+            .await;
+        for err in &mut response.errors {
+            let ext = err.extensions.get_or_insert_with(Default::default);
+            if ext.get("code").is_none() {
+                ext.set("code", "GRAPHQL_VALIDATION_FAILED");
+            }
+        }
+        Ok(response)
     }
 
     /// Runs one request that [`parse_http_body`] admitted.

@@ -10,7 +10,7 @@
 //! in `his_schemathesis_hooks.py`.
 //!
 //! schemathesis is a Python program: `scripts/test` installs a pinned version
-//! into a cached virtualenv and names it in `BUKTOR_SCHEMATHESIS`. Without that
+//! into a cached virtualenv and names it in `BUKTOR_TEST_SCHEMATHESIS`. Without that
 //! variable the test says so and passes, except under CI, where it fails.
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -25,10 +25,10 @@ const MAX_EXAMPLES: &str = "40";
 const SEED: &str = "17";
 
 fn schemathesis() -> Option<PathBuf> {
-    match std::env::var_os("BUKTOR_SCHEMATHESIS") {
+    match std::env::var_os("BUKTOR_TEST_SCHEMATHESIS") {
         Some(path) => Some(PathBuf::from(path)),
         None if std::env::var_os("CI").is_some() => {
-            panic!("BUKTOR_SCHEMATHESIS is not set: run the suite through scripts/test")
+            panic!("BUKTOR_TEST_SCHEMATHESIS is not set: run the suite through scripts/test")
         }
         None => None,
     }
@@ -37,7 +37,7 @@ fn schemathesis() -> Option<PathBuf> {
 #[tokio::test]
 async fn his_api_passes_schemathesis_against_its_served_document() {
     let Some(st) = schemathesis() else {
-        eprintln!("skipped: BUKTOR_SCHEMATHESIS is not set (scripts/test sets it)");
+        eprintln!("skipped: BUKTOR_TEST_SCHEMATHESIS is not set (scripts/test sets it)");
         return;
     };
     let deployment = Deployment::embedded();

@@ -191,6 +191,13 @@ async fn fill(
     Ok(())
 }
 
+/// How long [`exclusive`] waits for the lock before answering `Busy`.
+/// PostgreSQL frees a session's advisory lock only when its backend sees
+/// the connection close, a moment after the lease is dropped: `projections
+/// verify` of several projections, one after the other, found the lock of
+/// the one before still held.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Only one rebuild or verify runs at a time (a PostgreSQL advisory lock;
 /// the embedded store has one process). Holding it, any generation still
 /// being built or compared was left by one that died: it is dropped.
@@ -198,11 +205,16 @@ async fn exclusive(
     store: &dyn Store,
     projections: &[&'static str],
 ) -> Result<crate::store::Lease, RebuildError> {
-    let lease = store
-        .read_models()
-        .try_lead("rebuild")
-        .await?
-        .ok_or(RebuildError::Busy)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    let lease = loop {
+        if let Some(lease) = store.read_models().try_lead("rebuild").await? {
+            break lease;
+        }
+        if Instant::now() >= deadline {
+            return Err(RebuildError::Busy);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for p in projections {
         for (generation, status) in store.read_models().generations(p).await? {
             if status != GenerationStatus::Live {
